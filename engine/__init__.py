@@ -1,0 +1,1 @@
+"""flowrunner: declarative YAML flows of LLM agents, code steps and approval gates."""

@@ -1,0 +1,111 @@
+"""FR010 personas, FR012 contracts, FR013 bands, FR015 prompt files, FR011 code calls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine import calls
+from engine.config import Project
+from engine.lint.reporter import Reporter
+from engine.model.documents import AgentStep, CodeStep, Flow
+
+MAX_PROMPT_FILE_BYTES = 1024 * 1024
+
+
+def step_key_pointer(flow: Flow, index: int, key: str) -> str:
+    """Where a step's effective ``key`` is written: on the step, or in `defaults`."""
+    if key in flow.steps[index].model_fields_set:
+        return f"/steps/{index}/{key}"
+    return f"/defaults/{key}"
+
+
+def check_personas(flow: Flow, raw: Flow, project: Project, report: Reporter) -> None:
+    """FR010: every persona an agent step uses is a file inside the personas folder."""
+    folder = project.personas_dir.resolve()
+    for index, step in enumerate(flow.steps):
+        if not isinstance(step, AgentStep) or step.persona is None:
+            continue
+        path = (folder / f"{step.persona}.md").resolve()
+        if not path.is_relative_to(folder):
+            problem = f"persona '{step.persona}' resolves outside {project.personas_dir}"
+        elif not path.is_file():
+            problem = f"persona '{step.persona}' not found: no file {_shown(path, project)}"
+        else:
+            continue
+        report.at_value(step_key_pointer(raw, index, "persona"), "FR010", problem)
+
+
+def check_contracts_and_bands(flow: Flow, raw: Flow, report: Reporter) -> None:
+    """FR012 unknown contracts and FR013 bands the flow does not declare."""
+    for position, name in enumerate(raw.defaults.contracts or []):
+        if name not in flow.contracts:
+            report.at_value(f"/defaults/contracts/{position}", "FR012", _no_contract(name, flow))
+    for index, step in enumerate(raw.steps):
+        if isinstance(step, AgentStep):
+            for position, name in enumerate(step.contracts or []):
+                if name not in flow.contracts:
+                    pointer = f"/steps/{index}/contracts/{position}"
+                    report.at_value(pointer, "FR012", _no_contract(name, flow))
+        for position, band in enumerate(step.bands or []):
+            if band not in (flow.bands or []):
+                declared = ", ".join(flow.bands) if flow.bands else "none"
+                report.at_value(
+                    f"/steps/{index}/bands/{position}",
+                    "FR013",
+                    f"band '{band}' is not among the flow's bands (declared: {declared})",
+                )
+
+
+def _no_contract(name: str, flow: Flow) -> str:
+    declared = ", ".join(flow.contracts) if flow.contracts else "none"
+    return f"unknown contract '{name}' (declared: {declared})"
+
+
+def load_prompt_files(flow: Flow, flow_path: Path, report: Reporter) -> dict[int, Path]:
+    """FR015: every `prompt_file` exists inside the flow's folder; returns the readable ones."""
+    folder = flow_path.parent.resolve()
+    found: dict[int, Path] = {}
+    for index, step in enumerate(flow.steps):
+        if not isinstance(step, AgentStep) or step.prompt_file is None:
+            continue
+        pointer = f"/steps/{index}/prompt_file"
+        path = (folder / step.prompt_file).resolve()
+        if not path.is_relative_to(folder):
+            report.at_value(
+                pointer, "FR015", f"prompt_file '{step.prompt_file}' is outside the flow's folder"
+            )
+        elif not path.is_file():
+            report.at_value(pointer, "FR015", f"prompt_file '{step.prompt_file}' not found")
+        elif path.stat().st_size > MAX_PROMPT_FILE_BYTES:
+            report.at_value(
+                pointer,
+                "FR015",
+                f"prompt_file '{step.prompt_file}' is larger than {MAX_PROMPT_FILE_BYTES} bytes",
+            )
+        else:
+            found[index] = path
+    return found
+
+
+def check_calls(flow: Flow, project: Project, report: Reporter) -> None:
+    """FR011: each code step's `call` resolves safely and accepts ctx plus the `with` keys."""
+    for index, step in enumerate(flow.steps):
+        if not isinstance(step, CodeStep):
+            continue
+        try:
+            function = calls.resolve(step.call, project.code_roots)
+        except calls.CallError as exc:
+            report.at_value(f"/steps/{index}/call", "FR011", f"cannot resolve '{step.call}': {exc}")
+            continue
+        problem = calls.signature_problem(function, step.with_)
+        if problem is not None:
+            report.at_value(
+                f"/steps/{index}/call",
+                "FR011",
+                f"'{step.call}' cannot be called with ctx and the `with` keys "
+                f"({', '.join(step.with_) or 'none'}): {problem}",
+            )
+
+
+def _shown(path: Path, project: Project) -> str:
+    return str(path.relative_to(project.root)) if path.is_relative_to(project.root) else str(path)

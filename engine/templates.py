@@ -1,0 +1,114 @@
+"""Jinja templates of a flow: one sandboxed environment, parsing and reference extraction.
+
+Every template of a flow (prompts, ``with`` strings, ``when``, ``message``,
+``report``) is parsed by the same immutable sandboxed environment the runtime
+renders with. Lint walks the parsed tree to find what a template reads:
+``steps.<id>``, ``steps.<id>.fields.<name>`` and ``inputs.<name>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
+from jinja2.parser import Parser
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+ENVIRONMENT = ImmutableSandboxedEnvironment(
+    undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True
+)
+
+_DELIMITERS = ("{{", "{%", "{#")
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """One thing a template reads: a step, a step's field or an input.
+
+    ``text`` is how the reference is spelled (``steps.scope``) so a caller can
+    find its column on ``lineno`` (1-based, within the template).
+    """
+
+    kind: Literal["step", "field", "input"]
+    name: str
+    field: str | None
+    lineno: int
+    text: str
+
+
+def is_template(source: str) -> bool:
+    """Whether ``source`` has any Jinja markup; plain text needs no parsing."""
+    return any(delimiter in source for delimiter in _DELIMITERS)
+
+
+def parse_template(source: str) -> nodes.Template:
+    """The syntax tree of a template; raises ``TemplateSyntaxError``."""
+    return ENVIRONMENT.parse(source)
+
+
+def parse_expression(source: str) -> nodes.Expr:
+    """The syntax tree of a bare expression (``when``); raises ``TemplateSyntaxError``."""
+    if is_template(source):
+        raise TemplateSyntaxError("write the expression without {{ }} or {% %}", 1)
+    parser = Parser(ENVIRONMENT, source, state="variable")
+    expression = parser.parse_expression()
+    if not parser.stream.eos:
+        token = parser.stream.current
+        raise TemplateSyntaxError(f"unexpected '{token.value}' after the expression", token.lineno)
+    return expression
+
+
+def _shadowed(tree: nodes.Node) -> set[str]:
+    """Names a template assigns itself (set, for, macro arguments)."""
+    return {
+        name.name
+        for name in tree.find_all(nodes.Name)
+        if name.ctx in ("store", "param") and name.name in ("steps", "inputs")
+    }
+
+
+def _member(node: nodes.Node) -> tuple[nodes.Expr, str] | None:
+    """``(base, name)`` for ``base.name`` and ``base['name']``, else None."""
+    if isinstance(node, nodes.Getattr):
+        return node.node, node.attr
+    if (
+        isinstance(node, nodes.Getitem)
+        and isinstance(node.arg, nodes.Const)
+        and isinstance(node.arg.value, str)
+    ):
+        return node.node, node.arg.value
+    return None
+
+
+def _root_member(node: nodes.Node, root: str) -> str | None:
+    """``name`` when ``node`` is ``root.name`` (or ``root['name']``)."""
+    member = _member(node)
+    if member is None:
+        return None
+    base, name = member
+    return name if isinstance(base, nodes.Name) and base.name == root else None
+
+
+def references(tree: nodes.Node) -> Iterator[Reference]:
+    """Every ``steps.<id>``, ``steps.<id>.fields.<name>`` and ``inputs.<name>`` read."""
+    shadowed = _shadowed(tree)
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        lineno = node.lineno
+        if "inputs" not in shadowed and (name := _root_member(node, "inputs")) is not None:
+            yield Reference("input", name, None, lineno, f"inputs.{name}")
+        if "steps" in shadowed:
+            continue
+        if (step := _root_member(node, "steps")) is not None:
+            yield Reference("step", step, None, lineno, f"steps.{step}")
+            continue
+        member = _member(node)
+        if member is None:
+            continue
+        base, field = member
+        fields = _member(base)
+        if fields is not None and fields[1] == "fields":
+            step = _root_member(fields[0], "steps")
+            if step is not None:
+                yield Reference("field", step, field, lineno, f"fields.{field}")
