@@ -24,6 +24,7 @@ from code_steps import Context, as_float, as_int, as_str_list, parse_verdict, se
 
 _URL = re.compile(r"https?://[^\s<>()\[\]\"'`]+")
 _TRACKING = re.compile(r"^(utm_[a-z]+|fbclid|gclid|mc_cid|mc_eid)$", re.IGNORECASE)
+_EDGES = re.compile(r"^[<\"'`]+|[>\"'`.,;:]+$")  # wrapping quotes and trailing punctuation
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _VERDICTS = frozenset({"supported", "unsupported", "unsure"})
 
@@ -35,7 +36,7 @@ def normalize_url(url: str) -> str:
     tracking parameters and a trailing slash, and sorts the query. Anything that
     is not an http(s) URL (a document path, a DOI) is only trimmed.
     """
-    text = url.strip().strip("<>").rstrip(".,;:")
+    text = _EDGES.sub("", url.strip())
     parts = urlsplit(text)
     scheme = parts.scheme.casefold()
     if scheme not in _DEFAULT_PORTS or not parts.hostname:
@@ -82,13 +83,20 @@ class Pool:
 
     claims: dict[str, Claim] = field(default_factory=dict)
     titles: dict[str, str] = field(default_factory=dict)
+    listed: set[str] = field(default_factory=set)
     duplicates: int = 0
 
-    def add_source(self, url: str, title: str = "") -> str:
-        """Record a source; the first non-empty title wins. Returns the normalized URL."""
+    def add_source(self, url: str, title: str = "", listed: bool = True) -> str:
+        """Record a source; the first non-empty title wins. Returns the normalized URL.
+
+        ``listed`` sources were named by a step in their own right; the others
+        only back a claim and are dropped with it.
+        """
         key = normalize_url(url)
         if key and not self.titles.get(key):
             self.titles[key] = title.strip()
+        if key and listed:
+            self.listed.add(key)
         return key
 
     def add_claim(self, item: dict[str, Any], step_id: str) -> None:
@@ -99,7 +107,8 @@ class Pool:
             return
         raw_sources = item.get("sources")
         urls = raw_sources if isinstance(raw_sources, list) else []
-        sources = [key for key in (self.add_source(str(url)) for url in urls) if key]
+        added = (self.add_source(str(url), listed=False) for url in urls)
+        sources = [key for key in added if key]
         confidence = item.get("confidence", 0.0)
         if not isinstance(confidence, int | float) or isinstance(confidence, bool):
             confidence = 0.0
@@ -138,7 +147,8 @@ def merge(
     every step that reported it. Claims below ``min_confidence`` are dropped, the
     rest are ranked (found by more steps, more sources, more confident) and cut to
     ``max_claims``. Sources are deduplicated by :func:`normalize_url` and listed
-    most cited first, each with ``cited_by``, the number of kept claims citing it;
+    most cited first (a source only backing dropped claims is dropped too), each
+    with ``cited_by``, the number of kept claims citing it;
     each claim's ``refs`` are the 1-based numbers of its sources in that list.
     """
     limit = as_int(max_claims, "max_claims")
@@ -156,7 +166,8 @@ def merge(
     ranked = sorted(confident, key=Claim.rank)
     kept = ranked[:limit]
     cited = {url: sum(url in claim.sources for claim in kept) for url in pool.titles}
-    order = sorted(pool.titles, key=lambda url: -cited[url])
+    wanted = [url for url in pool.titles if cited[url] or url in pool.listed]
+    order = sorted(wanted, key=lambda url: -cited[url])
     number = {url: index for index, url in enumerate(order, start=1)}
     return {
         "claims": [

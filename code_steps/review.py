@@ -155,11 +155,12 @@ class SourceTree:
         """Why a finding's ``path:line`` citation does not hold, or None when it does."""
         if not finding.path or finding.line < 1:
             return "no path:line citation"
-        if self.resolve(finding.path) is None:
+        target = self.resolve(finding.path)
+        if target is None:
             return f"{finding.path} is outside the repository"
         lines = self.lines(finding.path)
         if lines is None:
-            return f"{finding.path} does not exist"
+            return f"{finding.path} {'is not a file' if target.exists() else 'does not exist'}"
         if finding.line > len(lines):
             return f"{finding.path} has {len(lines)} lines, not {finding.line}"
         return None
