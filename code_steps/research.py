@@ -108,7 +108,7 @@ class Pool:
         raw_sources = item.get("sources")
         urls = raw_sources if isinstance(raw_sources, list) else []
         added = (self.add_source(str(url), listed=False) for url in urls)
-        sources = [key for key in added if key]
+        sources = [url for url in added if url]
         confidence = item.get("confidence", 0.0)
         if not isinstance(confidence, int | float) or isinstance(confidence, bool):
             confidence = 0.0

@@ -33,7 +33,10 @@ def _discriminate(node: Any) -> Any:
         "required": [tag],
         "properties": {tag: {"enum": list(mapping), "description": "The kind of step."}},
         "allOf": [
-            {"if": {"properties": {tag: {"const": value}}}, "then": {"$ref": ref}}
+            {
+                "if": {"properties": {tag: {"const": value, "description": f"A {value} step."}}},
+                "then": {"$ref": ref},
+            }
             for value, ref in mapping.items()
         ],
     }

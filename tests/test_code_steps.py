@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-# The project directory is the code root of ``code_steps``; make it importable
-# however pytest is started (``pytest`` alone only adds ``tests/``).
-PROJECT = Path(__file__).resolve().parents[1]
-if str(PROJECT) not in sys.path:
-    sys.path.insert(0, str(PROJECT))
-
-from code_steps import as_bool, as_int, parse_verdict  # noqa: E402 (needs the path above)
-from code_steps.hello import banner, greeting_text  # noqa: E402
-from code_steps.research import merge, normalize_claim, normalize_url, spot_check  # noqa: E402
-from code_steps.review import parse_findings, publish, verify  # noqa: E402
+from code_steps import as_bool, as_int, parse_verdict
+from code_steps.hello import banner, greeting_text
+from code_steps.research import merge, normalize_claim, normalize_url, spot_check
+from code_steps.review import parse_findings, publish, verify
 
 DASH = "\u2014"
 
