@@ -1,4 +1,4 @@
-"""Layers import one way: the document model, templates and lint touch no database, HTTP or clock."""
+"""Layers import one way: the model, templates and lint touch no database, HTTP or clock."""
 
 from __future__ import annotations
 

@@ -10,9 +10,9 @@ import pytest
 from engine.model.source import Limits, YamlProblem, decode, load_yaml
 
 
-def problem(text: str, limits: Limits = Limits()) -> YamlProblem:
+def problem(text: str, limits: Limits | None = None) -> YamlProblem:
     with pytest.raises(YamlProblem) as caught:
-        load_yaml(text, limits)
+        load_yaml(text, limits or Limits())
     return caught.value
 
 
