@@ -37,8 +37,12 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 def open_project() -> Project:
     try:
         return Project.open(State.project_dir)
-    except (ValidationError, ValueError, OSError) as exc:
-        raise fail(f"bad configuration: {str(exc).splitlines()[0]}") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise fail(f"bad configuration: {where}: {first['msg']}") from None
+    except (ValueError, OSError) as exc:
+        raise fail(f"bad configuration in flowrunner.toml: {exc}") from None
 
 
 @app.callback()
