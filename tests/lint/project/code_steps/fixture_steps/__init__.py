@@ -1,0 +1,1 @@
+"""Code steps of the lint fixture project: real functions with various signatures."""
