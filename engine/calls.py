@@ -27,6 +27,10 @@ class CallError(Exception):
     """A ``call`` that cannot be resolved, with the reason."""
 
 
+class NotInRoots(CallError):
+    """The module of a ``call`` is not inside any code root."""
+
+
 @dataclass(frozen=True, slots=True)
 class Location:
     """Where a ``module:function`` call lives: a module file under a code root."""
@@ -55,8 +59,7 @@ def locate(call: str, roots: Sequence[Path]) -> Location:
         origin = _find_module(module, root)
         if origin is not None:
             return Location(module, function, origin, root)
-    where = ", ".join(str(root) for root in roots)
-    raise CallError(f"module '{module}' is not found in the code roots ({where})")
+    raise NotInRoots(f"module '{module}' is not found in the code roots")
 
 
 def _find_module(module: str, root: Path) -> Path | None:
@@ -147,8 +150,22 @@ def signature_problem(function: Callable[..., Any], params: Iterable[str]) -> st
         signature = inspect.signature(function)
     except (TypeError, ValueError):
         return None  # builtins without a signature cannot be checked ahead of time
+    given = list(params)
+    parameters = list(signature.parameters.values())
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if not positional and not any(p.kind is p.VAR_POSITIONAL for p in parameters):
+        return "it takes no positional parameter for ctx"
+    if positional and positional[0].name in given:
+        return f"its first parameter '{positional[0].name}' receives ctx, not the `with` value"
+    problems = []
+    if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+        names = {p.name for p in parameters[1:] if p.kind is not p.POSITIONAL_ONLY}
+        unexpected = [key for key in given if key not in names]
+        if unexpected:
+            problems.append("unexpected `with` keys: " + ", ".join(map(repr, unexpected)))
     try:
-        signature.bind(None, **dict.fromkeys(params))
+        signature.bind(None, **dict.fromkeys(given))
     except TypeError as exc:
-        return str(exc)
-    return None
+        if not problems or "unexpected keyword" not in str(exc):
+            problems.append(str(exc))
+    return "; ".join(problems) or None

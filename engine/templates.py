@@ -97,10 +97,22 @@ def _root_member(node: nodes.Node, root: str) -> str | None:
     return name if isinstance(base, nodes.Name) and base.name == root else None
 
 
+def _members(tree: nodes.Node) -> Iterator[nodes.Getattr | nodes.Getitem]:
+    """Every attribute or item access in ``tree``, the root included, except method calls.
+
+    ``inputs.get('x')`` and ``steps.items()`` call a mapping's methods: they are
+    not references to an input named ``get`` or a step named ``items``.
+    """
+    called = {id(call.node) for call in tree.find_all(nodes.Call)}
+    for node in (tree, *tree.find_all((nodes.Getattr, nodes.Getitem))):
+        if isinstance(node, nodes.Getattr | nodes.Getitem) and id(node) not in called:
+            yield node
+
+
 def references(tree: nodes.Node) -> Iterator[Reference]:
     """Every ``steps.<id>``, ``steps.<id>.fields.<name>`` and ``inputs.<name>`` read."""
     shadowed = _shadowed(tree)
-    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+    for node in _members(tree):
         lineno = node.lineno
         if "inputs" not in shadowed and (name := _root_member(node, "inputs")) is not None:
             yield Reference("input", name, None, lineno, f"inputs.{name}")
@@ -118,6 +130,14 @@ def references(tree: nodes.Node) -> Iterator[Reference]:
             step = _root_member(fields[0], "steps")
             if step is not None:
                 yield Reference("field", step, field, lineno, f"fields.{field}")
+
+
+def constant_value(expression: nodes.Expr) -> tuple[bool, object]:
+    """``(True, value)`` when an expression is a constant (``1 > 2``), else ``(False, None)``."""
+    try:
+        return True, expression.as_const(nodes.EvalContext(ENVIRONMENT))
+    except Exception:  # nodes.Impossible, or an error folding it: not a usable constant
+        return False, None
 
 
 def _simple_references(source: str) -> list[Reference] | None:

@@ -92,6 +92,6 @@ def test_signatures_must_accept_ctx_and_every_with_key(root: Path) -> None:
     run = resolve("steps_pkg.good:run", [root])
     assert signature_problem(run, ["text"]) is None
     assert signature_problem(run, ["text", "n"]) is None
-    assert "unexpected keyword argument 'size'" in str(signature_problem(run, ["text", "size"]))
+    assert "unexpected `with` keys: 'size'" in str(signature_problem(run, ["text", "size"]))
     assert "missing a required argument: 'text'" in str(signature_problem(run, []))
     assert signature_problem(resolve("steps_pkg.good:later", [root]), ["any", "keys"]) is None

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from jinja2 import TemplateSyntaxError
+
 from engine.lint.reporter import Reporter
 from engine.model.diagnostics import Severity
 from engine.model.documents import Flow
 from engine.model.graph import StepGraph
-from engine.templates import parse_expression
+from engine.templates import constant_value, parse_expression
 
 
 def check_graph(flow: Flow, report: Reporter) -> StepGraph:
@@ -80,7 +82,7 @@ def _always_false(when: str | bool | None) -> bool:
     if isinstance(when, bool) or when is None:
         return when is False
     try:
-        constant = parse_expression(when).as_const()
-    except Exception:  # not a constant, or broken (FR016 reports that)
-        return False
-    return not constant
+        constant, value = constant_value(parse_expression(when))
+    except TemplateSyntaxError:
+        return False  # FR016 reports it
+    return constant and not value

@@ -44,7 +44,6 @@ def as_text(report: LintReport) -> str:
     """``path:line:col: RULE severity: message``, the source line and a caret; then a summary."""
     out: list[str] = []
     cache: dict[str, list[str]] = {}
-    with_problems = {d.path for d in report.diagnostics}
     for diagnostic in report.diagnostics:
         d = diagnostic
         out.append(f"{d.path}:{d.line}:{d.column}: {d.rule} {d.severity}: {d.message}")
@@ -52,7 +51,12 @@ def as_text(report: LintReport) -> str:
         if line:
             out.append(f"  {line}")
             out.append("  " + " " * (d.column - 1) + "^")
-    out.extend(f"{path}: ok" for path in report.files if path not in with_problems)
+    named = {d.path for d in report.diagnostics}
+    for path in report.files:
+        if path in named:
+            continue
+        broken = [used for used in report.uses.get(path, ()) if used in named]
+        out.append(f"{path}: see {', '.join(broken)}" if broken else f"{path}: ok")
     files = len(report.files)
     out.append(
         f"{files} file{'s' if files != 1 else ''} checked: "

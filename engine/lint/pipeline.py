@@ -16,7 +16,7 @@ from pathlib import Path
 
 from engine.config import Project
 from engine.lint import graph, resources, shape, templates
-from engine.lint.reporter import Reporter
+from engine.lint.reporter import Reporter, shown_path
 from engine.model.diagnostics import Diagnostic, Severity
 from engine.model.documents import AgentStep, Flow
 from engine.model.source import Limits, YamlProblem, decode, load_yaml
@@ -47,6 +47,7 @@ class FileResult:
     path: str
     diagnostics: list[Diagnostic]
     checked: CheckedFlow | None = None
+    prompt_files: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -55,6 +56,15 @@ class LintReport:
 
     files: list[str] = field(default_factory=list)
     diagnostics: list[Diagnostic] = field(default_factory=list)
+    uses: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """The prompt files each flow file reads."""
+
+    def add(self, result: FileResult) -> None:
+        for path in (result.path, *result.prompt_files):
+            if path not in self.files:
+                self.files.append(path)
+        self.diagnostics.extend(result.diagnostics)
+        self.uses[result.path] = result.prompt_files
 
     @property
     def errors(self) -> int:
@@ -63,13 +73,6 @@ class LintReport:
     @property
     def warnings(self) -> int:
         return len(self.diagnostics) - self.errors
-
-
-def shown_path(path: Path) -> str:
-    """How a file is named in diagnostics: relative to the current directory when inside it."""
-    absolute = path.absolute()
-    cwd = Path.cwd()
-    return str(absolute.relative_to(cwd)) if absolute.is_relative_to(cwd) else str(path)
 
 
 DEFAULT_LIMITS = Limits()
@@ -145,14 +148,16 @@ def _check_text(
     ancestry = step_graph.ancestry(order) if acyclic else None
     templates.TemplateCheck(flow, report, ancestry).run(templates.sites(flow, prompt_files))
     diagnostics = sorted(set(report.found), key=Diagnostic.sort_key)
+    read = tuple(shown for _, shown, _ in prompt_files.values())
     if report.has_errors:
-        return FileResult(shown, diagnostics)
+        return FileResult(shown, diagnostics, prompt_files=read)
     prompts = {
         step.id: step.prompt if step.prompt is not None else prompt_files[index][2]
         for index, step in enumerate(flow.steps)
         if isinstance(step, AgentStep)
     }
-    return FileResult(shown, diagnostics, CheckedFlow(path, text, flow, prompts, tuple(order)))
+    checked = CheckedFlow(path, text, flow, prompts, tuple(order))
+    return FileResult(shown, diagnostics, checked, read)
 
 
 def _read_prompt_files(
@@ -196,8 +201,7 @@ def lint_paths(paths: Iterable[Path], project: Project) -> LintReport:
     names: dict[str, str] = {}
     for path in flow_files(paths):
         result = check_file(path, project)
-        report.files.append(result.path)
-        report.diagnostics.extend(result.diagnostics)
+        report.add(result)
         if result.checked is None:
             continue
         name = result.checked.flow.name

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from engine.model.diagnostics import Diagnostic, Severity
 from engine.model.source import SourceMap
+
+
+def shown_path(path: Path) -> str:
+    """How a file is named in diagnostics: relative to the current directory when inside it."""
+    absolute = path.absolute()
+    cwd = Path.cwd()
+    return str(absolute.relative_to(cwd)) if absolute.is_relative_to(cwd) else str(path)
 
 
 @dataclass(slots=True)

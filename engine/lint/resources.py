@@ -6,7 +6,7 @@ from pathlib import Path
 
 from engine import calls
 from engine.config import Project
-from engine.lint.reporter import Reporter
+from engine.lint.reporter import Reporter, shown_path
 from engine.model.documents import AgentStep, CodeStep, Flow
 
 MAX_PROMPT_FILE_BYTES = 1024 * 1024
@@ -102,7 +102,10 @@ def check_calls(flow: Flow, project: Project, report: Reporter) -> None:
         try:
             function = calls.resolve(step.call, project.code_roots)
         except calls.CallError as exc:
-            report.at_value(f"/steps/{index}/call", "FR011", f"cannot resolve '{step.call}': {exc}")
+            message = f"cannot resolve '{step.call}': {exc}"
+            if isinstance(exc, calls.NotInRoots):
+                message += f" ({', '.join(shown_path(root) for root in project.code_roots)})"
+            report.at_value(f"/steps/{index}/call", "FR011", message)
             continue
         problem = calls.signature_problem(function, step.with_)
         if problem is not None:

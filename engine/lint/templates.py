@@ -12,6 +12,7 @@ from typing import Any
 from jinja2 import TemplateSyntaxError
 
 from engine.lint.reporter import Reporter
+from engine.model.diagnostics import pointer_join
 from engine.model.documents import AgentStep, ApprovalStep, CodeStep, Flow
 from engine.model.graph import Ancestry
 from engine.templates import Reference, parse_expression, references, template_references
@@ -54,10 +55,10 @@ def _value_sites(owner: str, value: Any, pointer: str) -> Iterator[Site]:
         yield Site(owner, value, pointer)
     elif isinstance(value, dict):
         for key, item in value.items():
-            yield from _value_sites(owner, item, f"{pointer}/{key}")
+            yield from _value_sites(owner, item, pointer_join(pointer, key))
     elif isinstance(value, list):
         for position, item in enumerate(value):
-            yield from _value_sites(owner, item, f"{pointer}/{position}")
+            yield from _value_sites(owner, item, pointer_join(pointer, position))
 
 
 class TemplateCheck:
@@ -146,15 +147,27 @@ class TemplateCheck:
         self.report.at(line, column, rule, message, site.pointer)
 
     def _locate(self, site: Site, lineno: int, text: str | None) -> tuple[int, int]:
-        """The file position of ``text`` on line ``lineno`` of a template written in the flow."""
+        """The file position of ``text`` on line ``lineno`` of a template written in the flow.
+
+        A literal block (``|``) keeps its lines, so template line n is file line
+        n after the indicator. Other styles fold or escape lines, so the text is
+        searched for in the lines the scalar can cover, and a template error
+        without a text is put at the scalar's start.
+        """
         position = self.report.source.value_at(site.pointer)
-        block = position.style in ("|", ">")
-        line = (position.line + 1 if block else position.line) + lineno - 1
-        line_text = self.report.source.line_text(line)
-        if not block and lineno == 1:
-            return line, _column(line_text, text, position.column - 1, position.column)
-        indent = len(line_text) - len(line_text.lstrip(" "))
-        return line, _column(line_text, text, 0, indent + 1)
+        source = self.report.source
+        if position.style == "|":
+            line = position.line + lineno
+            line_text = source.line_text(line)
+            indent = len(line_text) - len(line_text.lstrip(" "))
+            return line, _column(line_text, text, 0, indent + 1)
+        if text:
+            for line in range(position.line, position.line + site.source.count("\n") + 2):
+                start = position.column - 1 if line == position.line else 0
+                found = source.line_text(line).find(text, start)
+                if found >= 0:
+                    return line, found + 1
+        return position.line, position.column
 
 
 def _line(text: str, lineno: int) -> str:

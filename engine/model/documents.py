@@ -111,15 +111,15 @@ class InputSpec(Document):
     @model_validator(mode="after")
     def _consistent(self) -> InputSpec:
         if self.items is not None and self.type != "array":
-            raise ValueError("'items' applies only to type array")
+            raise ValueError("items: applies only to type array")
         for value in self.enum or []:
             if (problem := type_error(self.type, self.items, value)) is not None:
-                raise ValueError(f"enum value {value!r}: {problem}")
+                raise ValueError(f"enum: value {value!r}: {problem}")
         if not self.required:
             if (problem := type_error(self.type, self.items, self.default)) is not None:
                 raise ValueError(f"default: {problem}")
             if self.enum is not None and self.default not in self.enum:
-                raise ValueError(f"default {self.default!r} is not one of the enum values")
+                raise ValueError(f"default: {self.default!r} is not one of the enum values")
         return self
 
 
@@ -136,7 +136,7 @@ class OutputSpec(Document):
     @model_validator(mode="after")
     def _schema_for_json(self) -> OutputSpec:
         if self.json_schema is not None and self.type != "json":
-            raise ValueError("'schema' applies only to type json")
+            raise ValueError("schema: applies only to type json")
         return self
 
 
@@ -167,6 +167,10 @@ class RetryingStep(StepBase):
 
 class AgentStep(RetryingStep):
     """A read-only agent answering a prompt composed of persona, prompt and contracts."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"oneOf": [{"required": ["prompt"]}, {"required": ["prompt_file"]}]}
+    )
 
     kind: Literal["agent"] = Field(description="agent: ask a read-only agent.")
     persona: PersonaName | None = Field(
