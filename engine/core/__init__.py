@@ -1,0 +1,1 @@
+"""Pure scheduling decisions: no IO, no clock (the time is passed in)."""

@@ -1,0 +1,105 @@
+"""The scheduler's decisions, as pure functions of a run's state and the time passed in.
+
+The runner asks these what to do, then applies the answer in one store
+transaction. Each decision touches one step and its dependents, so a run of n
+steps costs O(n + edges) decisions in all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from engine.core.plan import SETTLED, RunPlan, StepPlan, StepStatus
+
+DEFAULT_MAX_CRASHES = 3
+"""Lease expiries (a worker died holding the step) after which a step is failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class InitialStep:
+    id: str
+    status: StepStatus
+    waiting_on: int
+
+
+def initial_steps(plan: RunPlan) -> list[InitialStep]:
+    """Every step at launch: excluded by band, or pending on its non-excluded needs."""
+    result = []
+    for step in plan.steps.values():
+        if step.excluded:
+            result.append(InitialStep(step.id, StepStatus.EXCLUDED, 0))
+        else:
+            waiting = sum(not plan[need].excluded for need in step.needs)
+            result.append(InitialStep(step.id, StepStatus.PENDING, waiting))
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Run the step again once ``at`` has passed."""
+
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    """Fail the step (and with it the run)."""
+
+    reason: str
+
+
+def backoff(step: StepPlan, failed_attempts: int) -> float:
+    """Seconds before the next attempt: ``retry_delay`` doubled for each earlier failure."""
+    return float(step.retry_delay * 2 ** max(failed_attempts - 1, 0))
+
+
+def after_failure(step: StepPlan, failed_attempts: int, now: float, error: str) -> Retry | GiveUp:
+    """An attempt failed (error, timeout, bad output): retry while attempts remain."""
+    if failed_attempts < step.max_attempts:
+        return Retry(now + backoff(step, failed_attempts))
+    attempts = "attempt" if step.max_attempts == 1 else f"{step.max_attempts} attempts"
+    return GiveUp(f"{error} (after {attempts})" if step.max_attempts > 1 else error)
+
+
+def after_lost_lease(crashes: int, max_crashes: int = DEFAULT_MAX_CRASHES) -> Retry | GiveUp:
+    """A worker stopped heartbeating while running the step: take it over, within bounds.
+
+    ``crashes`` counts lease expiries including this one. A step that takes its
+    worker down every time it runs is failed after ``max_crashes`` instead of
+    taking every worker down forever. A lost lease does not use up a retry.
+    """
+    if crashes >= max_crashes:
+        return GiveUp(f"the worker running this step was lost {crashes} times; giving up")
+    return Retry(0.0)
+
+
+def newly_ready(plan: RunPlan, settled: str, waiting_on: Mapping[str, int]) -> list[str]:
+    """Dependents of ``settled`` that become ready: their last unsettled need was it.
+
+    ``waiting_on`` holds the dependents' counts before this settlement.
+    """
+    return [d for d in plan[settled].dependents if waiting_on[d] == 1]
+
+
+def reset_for_retry(plan: RunPlan, statuses: Mapping[str, StepStatus]) -> dict[str, int]:
+    """Steps to run again when a failed or cancelled run is retried, with their waiting counts.
+
+    Completed, skipped and excluded steps keep their results; every other step
+    (failed, cancelled, never started) is reset to pending, waiting on its
+    needs that are not settled.
+    """
+    reset = [step_id for step_id in plan.steps if statuses[step_id] not in SETTLED]
+    again = set(reset)
+    return {step_id: sum(need in again for need in plan[step_id].needs) for step_id in reset}
+
+
+def run_finished(unsettled: int) -> bool:
+    """A run whose steps have all settled is complete (then its report is rendered)."""
+    return unsettled == 0
+
+
+def cancel_targets(statuses: Iterable[tuple[str, StepStatus]]) -> list[str]:
+    """Steps a failing or cancelled run cancels: every one not yet terminal."""
+    live = {StepStatus.PENDING, StepStatus.RUNNING, StepStatus.WAITING}
+    return [step_id for step_id, status in statuses if status in live]

@@ -1,0 +1,322 @@
+"""The store: one interface of job-level operations over runs, steps, agent calls and events.
+
+Every state change appends its event in the same transaction, so the log and
+the state never disagree. Writes that belong to one step attempt are fenced by
+(lease owner, attempt): a worker that lost its lease cannot record a stale
+result; the refusal is counted in the event log instead.
+
+Driver errors never leave an implementation: they become :class:`NotFound`,
+:class:`Conflict` or :class:`StoreError`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.core.plan import RunStatus, StepStatus
+
+
+class StoreError(Exception):
+    """The store failed (connection lost, disk full, ...)."""
+
+
+class NotFound(StoreError):
+    """No such run or step."""
+
+
+class Conflict(StoreError):
+    """The change is not allowed in the current state (a decided gate, a finished run)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewStep:
+    id: str
+    kind: str
+    agent: bool
+    position: int
+    status: StepStatus
+    waiting_on: int
+
+
+@dataclass(frozen=True, slots=True)
+class NewRun:
+    """Everything stored at launch; ``snapshot`` is the flow as launched (JSON text)."""
+
+    id: str
+    flow: str
+    band: str | None
+    model: str
+    inputs: Mapping[str, Any]
+    snapshot: str
+    snapshot_hash: str
+    steps: Sequence[NewStep]
+    max_parallel: int | None = None
+    launched_by: str | None = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    replay_of: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    id: str
+    flow: str
+    status: RunStatus
+    band: str | None
+    model: str
+    inputs: dict[str, Any]
+    launched_by: str | None
+    replay_of: str | None
+    unsettled: int
+    report: str | None
+    error: str | None
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+    snapshot_hash: str
+    request_hash: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    run_id: str
+    id: str
+    kind: str
+    position: int
+    status: StepStatus
+    attempts: int
+    failures: int
+    crashes: int
+    input: str | None
+    output: str | None
+    fields: dict[str, str]
+    data: Any
+    error: str | None
+    scripted: bool
+    deadline: float | None
+    started_at: float | None
+    finished_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A step this worker holds until ``lease_expires``; ``attempt`` fences its writes."""
+
+    run_id: str
+    step_id: str
+    kind: str
+    attempt: int
+    failures: int
+    worker: str
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    output: str
+    fields: Mapping[str, str] = field(default_factory=dict)
+    data: Any = None
+    input: str | None = None
+    scripted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """An approval or rejection of a gate, by ``by``."""
+
+    approved: bool
+    by: str | None
+    comment: str
+    payload: Mapping[str, Any]
+    timed_out: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AgentCall:
+    run_id: str
+    step_id: str
+    attempt: int
+    sequence: int
+    persona: str | None
+    prompt: str
+    output: str
+    backend: str
+    scripted: bool
+    at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    run_id: str
+    id: int
+    step_id: str | None
+    event: str
+    payload: dict[str, Any]
+    at: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "run_id": self.run_id,
+            "step_id": self.step_id,
+            "event": self.event,
+            "payload": self.payload,
+            "at": self.at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    """How many steps a claim may take: agent steps and the rest, counted apart."""
+
+    agents: int
+    others: int
+
+
+class Store(ABC):
+    """Job-level operations; every method is one transaction."""
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect and apply pending migrations."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    # Runs
+
+    @abstractmethod
+    async def create_run(self, run: NewRun, now: float) -> tuple[str, bool]:
+        """Store a run; with an idempotency key already used, ``(that run, False)``.
+
+        The same key with another request hash is a :class:`Conflict`.
+        """
+
+    @abstractmethod
+    async def get_run(self, run_id: str) -> RunRecord: ...
+
+    @abstractmethod
+    async def get_snapshot(self, run_id: str) -> str: ...
+
+    @abstractmethod
+    async def list_runs(
+        self,
+        *,
+        flow: str | None = None,
+        status: str | None = None,
+        waiting: bool | None = None,
+        limit: int = 50,
+        before: tuple[float, str] | None = None,
+    ) -> list[RunRecord]:
+        """Newest first; ``before`` is the (created_at, id) of the last run of a page."""
+
+    @abstractmethod
+    async def get_steps(
+        self, run_id: str, step_ids: Sequence[str] | None = None
+    ) -> list[StepRecord]:
+        """Steps in DAG order (all of them, or those named)."""
+
+    @abstractmethod
+    async def events(self, run_id: str, after: int = 0, limit: int = 1000) -> list[Event]: ...
+
+    # Scheduling
+
+    @abstractmethod
+    async def claim(
+        self, worker: str, now: float, lease: float, capacity: Capacity, max_crashes: int
+    ) -> list[Claim]:
+        """Take ready steps (and steps whose lease expired) up to ``capacity``.
+
+        A step taken over from a lost worker has its crash counted; past
+        ``max_crashes`` it is failed (and its run with it) instead of claimed.
+        """
+
+    @abstractmethod
+    async def heartbeat(
+        self, worker: str, claims: Sequence[Claim], now: float, lease: float
+    ) -> set[tuple[str, str]]:
+        """Extend the leases still held; returns the (run, step) pairs still held."""
+
+    @abstractmethod
+    async def complete_step(
+        self, claim: Claim, result: StepResult, dependents: Sequence[str], now: float
+    ) -> bool:
+        """Record a result; False (and a ``stale_result_refused`` event) if the lease is lost."""
+
+    @abstractmethod
+    async def skip_step(
+        self, claim: Claim, reason: str, dependents: Sequence[str], now: float
+    ) -> bool: ...
+
+    @abstractmethod
+    async def fail_attempt(
+        self, claim: Claim, error: str, retry_at: float | None, now: float
+    ) -> bool:
+        """Retry at ``retry_at``, or (None) fail the step, the run, and cancel the rest."""
+
+    @abstractmethod
+    async def release(self, claims: Sequence[Claim], now: float) -> None:
+        """Hand claimed steps back untouched (graceful shutdown): pending, attempt not counted."""
+
+    @abstractmethod
+    async def wait_for_gate(
+        self, claim: Claim, message: str, deadline: float | None, now: float
+    ) -> bool: ...
+
+    @abstractmethod
+    async def decide_gate(
+        self,
+        run_id: str,
+        step_id: str,
+        decision: Decision,
+        settle: bool,
+        dependents: Sequence[str],
+        now: float,
+    ) -> StepRecord:
+        """Decide a waiting gate (compare-and-set). ``settle`` completes the step; otherwise it
+        fails, with its run. :class:`Conflict` when the gate is not waiting."""
+
+    @abstractmethod
+    async def expired_gates(self, now: float) -> list[tuple[str, str]]: ...
+
+    @abstractmethod
+    async def cancel_run(self, run_id: str, now: float) -> RunRecord: ...
+
+    @abstractmethod
+    async def retry_run(self, run_id: str, resets: Mapping[str, int], now: float) -> RunRecord:
+        """Put a failed or cancelled run back to running; ``resets`` maps step to waiting_on."""
+
+    @abstractmethod
+    async def finish_run(
+        self, run_id: str, status: RunStatus, report: str | None, error: str | None, now: float
+    ) -> bool:
+        """Mark a running run whose steps have all settled as finished; False if it was not."""
+
+    @abstractmethod
+    async def runs_to_finish(self) -> list[str]:
+        """Running runs with every step settled (their report is still to render)."""
+
+    @abstractmethod
+    async def has_work(self, now: float) -> bool:
+        """Whether anything could be claimed now or later, gates waiting excluded."""
+
+    @abstractmethod
+    async def next_wakeup(self, now: float) -> float | None:
+        """The earliest time a retry, a lease expiry or a gate deadline falls due."""
+
+    # Agent calls
+
+    @abstractmethod
+    async def record_agent_call(self, call: AgentCall) -> None: ...
+
+    @abstractmethod
+    async def agent_calls(self, run_id: str, step_id: str | None = None) -> list[AgentCall]:
+        """Recorded calls, by step, attempt and sequence."""
+
+    @abstractmethod
+    async def append_event(
+        self, run_id: str, step_id: str | None, event: str, payload: Mapping[str, Any], now: float
+    ) -> None:
+        """An event that changes no state (a note from a worker)."""

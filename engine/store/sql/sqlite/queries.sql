@@ -1,0 +1,200 @@
+-- name: insert_run
+INSERT INTO runs (
+    id, flow, status, band, model, inputs, snapshot, snapshot_hash, launched_by,
+    idempotency_key, request_hash, replay_of, max_parallel, unsettled, created_at, updated_at
+) VALUES (
+    :id, :flow, 'running', :band, :model, :inputs, :snapshot, :snapshot_hash, :launched_by,
+    :idempotency_key, :request_hash, :replay_of, :max_parallel, :unsettled, :now, :now
+);
+
+-- name: insert_step
+INSERT INTO steps (run_id, step_id, position, kind, agent, status, waiting_on)
+VALUES (:run_id, :step_id, :position, :kind, :agent, :status, :waiting_on);
+
+-- name: run_by_key
+SELECT id, request_hash FROM runs WHERE idempotency_key = :key;
+
+-- name: get_run
+SELECT id, flow, status, band, model, inputs, launched_by, replay_of, unsettled, report, error,
+       created_at, updated_at, finished_at, snapshot_hash, request_hash
+FROM runs WHERE id = :id;
+
+-- name: get_snapshot
+SELECT snapshot FROM runs WHERE id = :id;
+
+-- name: get_steps
+SELECT run_id, step_id, kind, position, status, attempts, failures, crashes, input, output,
+       fields, data, error, scripted, deadline, started_at, finished_at
+FROM steps WHERE run_id = :run_id ORDER BY position;
+
+-- name: next_event_ids
+UPDATE runs SET last_event = last_event + :count, updated_at = :now WHERE id = :run_id
+RETURNING last_event;
+
+-- name: insert_event
+INSERT INTO events (run_id, id, step_id, event, payload, at)
+VALUES (:run_id, :id, :step_id, :event, :payload, :at);
+
+-- name: events
+SELECT run_id, id, step_id, event, payload, at FROM events
+WHERE run_id = :run_id AND id > :after ORDER BY id LIMIT :limit;
+
+-- name: claimable_ready
+SELECT s.run_id, s.step_id, s.kind, s.agent, s.status, s.attempts, s.failures, s.crashes,
+       s.lease_owner, r.max_parallel
+FROM steps s JOIN runs r ON r.id = s.run_id
+WHERE s.status = 'pending' AND s.waiting_on = 0 AND s.ready_at <= :now AND r.status = 'running'
+ORDER BY s.ready_at, r.created_at, s.position
+LIMIT :limit;
+
+-- name: claimable_expired
+SELECT s.run_id, s.step_id, s.kind, s.agent, s.status, s.attempts, s.failures, s.crashes,
+       s.lease_owner, r.max_parallel
+FROM steps s JOIN runs r ON r.id = s.run_id
+WHERE s.status = 'running' AND s.lease_expires < :now AND r.status = 'running'
+ORDER BY s.lease_expires
+LIMIT :limit;
+
+-- name: running_agents
+SELECT count(*) FROM steps WHERE run_id = :run_id AND status = 'running' AND agent = 1;
+
+-- name: take_step
+UPDATE steps
+SET status = 'running', attempts = :attempt, crashes = :crashes, lease_owner = :worker,
+    lease_expires = :expires, started_at = coalesce(started_at, :now)
+WHERE run_id = :run_id AND step_id = :step_id;
+
+-- name: extend_lease
+UPDATE steps SET lease_expires = :expires
+WHERE run_id = :run_id AND step_id = :step_id AND status = 'running'
+  AND lease_owner = :worker AND attempts = :attempt;
+
+-- name: complete_step
+UPDATE steps
+SET status = 'completed', output = :output, fields = :fields, data = :data,
+    input = coalesce(:input, input), scripted = :scripted, error = NULL,
+    lease_owner = NULL, lease_expires = NULL, finished_at = :now
+WHERE run_id = :run_id AND step_id = :step_id AND status = 'running'
+  AND lease_owner = :worker AND attempts = :attempt;
+
+-- name: skip_step
+UPDATE steps
+SET status = 'skipped', output = '', fields = '{}', data = NULL, error = NULL,
+    lease_owner = NULL, lease_expires = NULL, finished_at = :now
+WHERE run_id = :run_id AND step_id = :step_id AND status = 'running'
+  AND lease_owner = :worker AND attempts = :attempt;
+
+-- name: retry_step
+UPDATE steps
+SET status = 'pending', ready_at = :ready_at, failures = failures + 1, error = :error,
+    lease_owner = NULL, lease_expires = NULL
+WHERE run_id = :run_id AND step_id = :step_id AND status = 'running'
+  AND lease_owner = :worker AND attempts = :attempt;
+
+-- name: fail_step
+UPDATE steps
+SET status = 'failed', failures = failures + 1, error = :error,
+    lease_owner = NULL, lease_expires = NULL, finished_at = :now
+WHERE run_id = :run_id AND step_id = :step_id AND status = :status
+  AND coalesce(lease_owner, '') = coalesce(:worker, '') AND attempts = :attempt;
+
+-- name: release_step
+UPDATE steps
+SET status = 'pending', attempts = attempts - 1, lease_owner = NULL, lease_expires = NULL
+WHERE run_id = :run_id AND step_id = :step_id AND status = 'running'
+  AND lease_owner = :worker AND attempts = :attempt;
+
+-- name: wait_step
+UPDATE steps
+SET status = 'waiting', input = :message, deadline = :deadline,
+    lease_owner = NULL, lease_expires = NULL
+WHERE run_id = :run_id AND step_id = :step_id AND status = 'running'
+  AND lease_owner = :worker AND attempts = :attempt;
+
+-- name: decide_complete
+UPDATE steps
+SET status = 'completed', output = :output, data = :data, fields = '{}', finished_at = :now
+WHERE run_id = :run_id AND step_id = :step_id AND status = 'waiting';
+
+-- name: decide_fail
+UPDATE steps
+SET status = 'failed', output = :output, data = :data, fields = '{}', error = :error,
+    finished_at = :now
+WHERE run_id = :run_id AND step_id = :step_id AND status = 'waiting';
+
+-- name: step_status
+SELECT status FROM steps WHERE run_id = :run_id AND step_id = :step_id;
+
+-- name: settle_dependent
+UPDATE steps SET waiting_on = waiting_on - 1 WHERE run_id = :run_id AND step_id = :step_id;
+
+-- name: settle_run
+UPDATE runs SET unsettled = unsettled - 1, updated_at = :now WHERE id = :run_id;
+
+-- name: live_steps
+SELECT step_id FROM steps
+WHERE run_id = :run_id AND status IN ('pending', 'running', 'waiting') ORDER BY position;
+
+-- name: cancel_live_steps
+UPDATE steps
+SET status = 'cancelled', lease_owner = NULL, lease_expires = NULL, finished_at = :now
+WHERE run_id = :run_id AND status IN ('pending', 'running', 'waiting');
+
+-- name: end_run
+UPDATE runs SET status = :status, error = :error, report = :report, finished_at = :now,
+    updated_at = :now
+WHERE id = :run_id AND status = 'running';
+
+-- name: finish_run
+UPDATE runs SET status = :status, error = :error, report = :report, finished_at = :now,
+    updated_at = :now
+WHERE id = :run_id AND status = 'running' AND unsettled = 0;
+
+-- name: reopen_run
+UPDATE runs SET status = 'running', error = NULL, report = NULL, finished_at = NULL,
+    unsettled = :unsettled, updated_at = :now
+WHERE id = :run_id AND status IN ('failed', 'cancelled');
+
+-- name: reset_step
+UPDATE steps
+SET status = 'pending', waiting_on = :waiting_on, failures = 0, crashes = 0, ready_at = 0,
+    lease_owner = NULL, lease_expires = NULL, deadline = NULL, error = NULL, output = NULL,
+    fields = NULL, data = NULL, finished_at = NULL
+WHERE run_id = :run_id AND step_id = :step_id;
+
+-- name: runs_to_finish
+SELECT id FROM runs WHERE status = 'running' AND unsettled = 0 ORDER BY created_at;
+
+-- name: expired_gates
+SELECT run_id, step_id FROM steps WHERE status = 'waiting' AND deadline <= :now
+ORDER BY deadline;
+
+-- name: has_work
+SELECT EXISTS (
+    SELECT 1 FROM steps s JOIN runs r ON r.id = s.run_id
+    WHERE r.status = 'running' AND (
+        (s.status = 'pending' AND s.waiting_on = 0) OR s.status = 'running'
+    )
+) OR EXISTS (SELECT 1 FROM runs WHERE status = 'running' AND unsettled = 0);
+
+-- name: next_wakeup
+SELECT min(t) FROM (
+    SELECT min(s.ready_at) AS t FROM steps s JOIN runs r ON r.id = s.run_id
+    WHERE s.status = 'pending' AND s.waiting_on = 0 AND r.status = 'running'
+    UNION ALL
+    SELECT min(lease_expires) FROM steps WHERE status = 'running'
+    UNION ALL
+    SELECT min(deadline) FROM steps WHERE status = 'waiting'
+);
+
+-- name: record_agent_call
+INSERT OR REPLACE INTO agent_calls (
+    run_id, step_id, attempt, sequence, persona, prompt, output, backend, scripted, at
+) VALUES (
+    :run_id, :step_id, :attempt, :sequence, :persona, :prompt, :output, :backend, :scripted, :at
+);
+
+-- name: agent_calls
+SELECT run_id, step_id, attempt, sequence, persona, prompt, output, backend, scripted, at
+FROM agent_calls WHERE run_id = :run_id AND (:step_id IS NULL OR step_id = :step_id)
+ORDER BY step_id, attempt, sequence;

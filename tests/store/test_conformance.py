@@ -1,0 +1,359 @@
+"""The store contract, run against every implementation with a real database."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from engine.core.plan import RunStatus, StepStatus
+from engine.store.base import (
+    AgentCall,
+    Capacity,
+    Claim,
+    Conflict,
+    Decision,
+    NewRun,
+    NewStep,
+    NotFound,
+    StepResult,
+    Store,
+)
+
+ALL = Capacity(agents=10, others=10)
+DEPENDENTS = {"a": ["b", "c"], "b": ["d"], "c": ["d"], "d": []}
+
+
+def diamond(run_id: str = "r1", **extra: object) -> NewRun:
+    """a -> (b, c) -> d, with b an agent step."""
+    steps = [
+        NewStep("a", "code", False, 0, StepStatus.PENDING, 0),
+        NewStep("b", "agent", True, 1, StepStatus.PENDING, 1),
+        NewStep("c", "code", False, 2, StepStatus.PENDING, 1),
+        NewStep("d", "approval", False, 3, StepStatus.PENDING, 2),
+    ]
+    return NewRun(
+        id=run_id,
+        flow="diamond",
+        band=None,
+        model="m",
+        inputs={"q": 1},
+        snapshot="{}",
+        snapshot_hash="h",
+        steps=steps,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+async def claim_ids(store: Store, now: float = 1.0, worker: str = "w1") -> list[str]:
+    return [c.step_id for c in await store.claim(worker, now, 30, ALL, 3)]
+
+
+async def claim_one(store: Store, step: str, now: float = 1.0, worker: str = "w1") -> Claim:
+    claims = await store.claim(worker, now, 30, ALL, 3)
+    return next(c for c in claims if c.step_id == step)
+
+
+async def event_names(store: Store, run_id: str = "r1") -> list[str]:
+    return [e.event for e in await store.events(run_id)]
+
+
+async def test_a_run_is_stored_with_its_steps_in_order(store: Store) -> None:
+    run_id, created = await store.create_run(diamond(), now=1.0)
+    assert (run_id, created) == ("r1", True)
+    run = await store.get_run("r1")
+    assert (run.status, run.inputs, run.unsettled) == (RunStatus.RUNNING, {"q": 1}, 4)
+    assert [s.id for s in await store.get_steps("r1")] == ["a", "b", "c", "d"]
+    assert await store.get_snapshot("r1") == "{}"
+    assert await event_names(store) == ["run_started"]
+
+
+async def test_unknown_runs_are_not_found(store: Store) -> None:
+    with pytest.raises(NotFound):
+        await store.get_run("nope")
+    with pytest.raises(NotFound):
+        await store.cancel_run("nope", 1.0)
+
+
+async def test_an_idempotency_key_returns_the_same_run(store: Store) -> None:
+    first = diamond("r1", idempotency_key="k", request_hash="h1")
+    assert await store.create_run(first, 1.0) == ("r1", True)
+    again = diamond("r2", idempotency_key="k", request_hash="h1")
+    assert await store.create_run(again, 2.0) == ("r1", False)
+    with pytest.raises(Conflict):
+        await store.create_run(diamond("r3", idempotency_key="k", request_hash="h2"), 3.0)
+
+
+async def test_concurrent_launches_with_one_key_make_one_run(
+    store: Store, second_store: Store
+) -> None:
+    launches = [
+        (store if i % 2 else second_store).create_run(
+            diamond(f"r{i}", idempotency_key="k", request_hash="h"), 1.0
+        )
+        for i in range(20)
+    ]
+    results = await asyncio.gather(*launches)
+    assert len({run_id for run_id, _ in results}) == 1
+    assert sum(created for _, created in results) == 1
+
+
+async def test_only_steps_whose_needs_settled_are_claimed(store: Store) -> None:
+    await store.create_run(diamond(), 1.0)
+    a = await claim_one(store, "a")
+    assert await claim_ids(store) == []  # b and c wait on a
+    assert await store.complete_step(a, StepResult("out"), DEPENDENTS["a"], 2.0)
+    assert sorted(await claim_ids(store, 2.0)) == ["b", "c"]
+
+
+async def test_capacity_counts_agent_steps_apart(store: Store) -> None:
+    await store.create_run(diamond(), 1.0)
+    a = await claim_one(store, "a")
+    await store.complete_step(a, StepResult("out"), DEPENDENTS["a"], 2.0)
+    claims = await store.claim("w1", 2.0, 30, Capacity(agents=0, others=5), 3)
+    assert [c.step_id for c in claims] == ["c"]
+    claims = await store.claim("w1", 2.0, 30, Capacity(agents=1, others=0), 3)
+    assert [c.step_id for c in claims] == ["b"]
+
+
+async def test_max_parallel_caps_agent_steps_of_one_run(store: Store) -> None:
+    steps = [NewStep(f"s{i}", "agent", True, i, StepStatus.PENDING, 0) for i in range(5)]
+    run = NewRun("r1", "wide", None, "m", {}, "{}", "h", steps, max_parallel=2)
+    await store.create_run(run, 1.0)
+    assert len(await claim_ids(store)) == 2
+    assert await claim_ids(store) == []
+
+
+async def test_a_result_settles_the_step_and_its_run(store: Store) -> None:
+    await store.create_run(diamond(), 1.0)
+    a = await claim_one(store, "a")
+    result = StepResult("out", {"k": "v"}, {"n": [1, 2]}, input="in", scripted=True)
+    assert await store.complete_step(a, result, DEPENDENTS["a"], 2.0)
+    (step,) = await store.get_steps("r1", ["a"])
+    assert (step.status, step.output, step.fields, step.data) == (
+        StepStatus.COMPLETED,
+        "out",
+        {"k": "v"},
+        {"n": [1, 2]},
+    )
+    assert (step.input, step.scripted, step.attempts) == ("in", True, 1)
+    assert (await store.get_run("r1")).unsettled == 3
+
+
+async def test_a_stale_result_is_refused_and_counted(store: Store) -> None:
+    await store.create_run(diamond(), 1.0)
+    old = await claim_one(store, "a", now=1.0, worker="w1")
+    taken = await claim_one(store, "a", now=100.0, worker="w2")  # w1's lease expired
+    assert taken.attempt == 2
+    assert not await store.complete_step(old, StepResult("stale"), DEPENDENTS["a"], 101.0)
+    assert await store.heartbeat("w1", [old], 101.0, 30) == set()
+    assert await store.complete_step(taken, StepResult("fresh"), DEPENDENTS["a"], 102.0)
+    (step,) = await store.get_steps("r1", ["a"])
+    assert (step.output, step.crashes) == ("fresh", 1)
+    names = await event_names(store)
+    assert names.count("stale_result_refused") == 1
+    assert names.count("lease_expired") == 1
+
+
+async def test_heartbeats_keep_a_lease(store: Store) -> None:
+    await store.create_run(diamond(), 1.0)
+    a = await claim_one(store, "a", now=1.0)
+    assert await store.heartbeat("w1", [a], 25.0, 30) == {("r1", "a")}
+    assert await claim_ids(store, now=40.0, worker="w2") == []  # lease now ends at 55
+
+
+async def test_a_step_that_keeps_killing_workers_fails_the_run(store: Store) -> None:
+    await store.create_run(diamond(), 1.0)
+    now = 1.0
+    for _ in range(3):
+        await store.claim("w", now, 30, ALL, 3)
+        now += 100
+    assert await claim_ids(store, now) == []
+    (step,) = await store.get_steps("r1", ["a"])
+    assert (step.status, step.crashes) == (StepStatus.FAILED, 3)
+    run = await store.get_run("r1")
+    assert run.status is RunStatus.FAILED
+    assert "lost 3 times" in (run.error or "")
+
+
+async def test_a_retry_waits_until_its_time(store: Store) -> None:
+    await store.create_run(diamond(), 1.0)
+    a = await claim_one(store, "a")
+    assert await store.fail_attempt(a, "boom", retry_at=10.0, now=2.0)
+    assert await claim_ids(store, 5.0) == []
+    assert await store.next_wakeup(5.0) == 10.0
+    again = await claim_one(store, "a", now=10.0)
+    assert (again.attempt, again.failures) == (2, 1)
+
+
+async def test_a_final_failure_fails_the_run_and_cancels_the_rest(store: Store) -> None:
+    await store.create_run(diamond(), 1.0)
+    a = await claim_one(store, "a")
+    assert await store.fail_attempt(a, "boom", retry_at=None, now=2.0)
+    run = await store.get_run("r1")
+    assert (run.status, run.error) == (RunStatus.FAILED, "step 'a' failed: boom")
+    statuses = {s.id: s.status for s in await store.get_steps("r1")}
+    assert statuses == {
+        "a": StepStatus.FAILED,
+        "b": StepStatus.CANCELLED,
+        "c": StepStatus.CANCELLED,
+        "d": StepStatus.CANCELLED,
+    }
+    assert (await event_names(store))[-2:] == ["step_cancelled", "run_failed"]
+    assert await claim_ids(store, 3.0) == []
+
+
+async def _gate(store: Store) -> None:
+    await store.create_run(diamond(), 1.0)
+    a = await claim_one(store, "a")
+    await store.complete_step(a, StepResult("x"), DEPENDENTS["a"], 2.0)
+    for step in await store.claim("w1", 2.0, 30, ALL, 3):
+        await store.complete_step(step, StepResult("x"), DEPENDENTS[step.step_id], 3.0)
+    d = await claim_one(store, "d", now=3.0)
+    assert await store.wait_for_gate(d, "Publish?", deadline=50.0, now=3.0)
+
+
+async def test_a_gate_waits_and_one_decision_wins(store: Store) -> None:
+    await _gate(store)
+    assert (await store.get_steps("r1", ["d"]))[0].status is StepStatus.WAITING
+    assert await store.expired_gates(10.0) == []
+    assert await store.expired_gates(60.0) == [("r1", "d")]
+    decision = Decision(True, "ann", "ship it", {"audience": "team"})
+    step = await store.decide_gate("r1", "d", decision, True, [], 4.0)
+    assert (step.status, step.output) == (StepStatus.COMPLETED, "ship it")
+    assert step.data["approved"] is True and step.data["by"] == "ann"
+    assert step.data["payload"] == {"audience": "team"}
+    with pytest.raises(Conflict):
+        await store.decide_gate("r1", "d", decision, True, [], 5.0)
+    assert (await store.get_run("r1")).unsettled == 0
+    assert await store.runs_to_finish() == ["r1"]
+
+
+async def test_concurrent_decisions_on_one_gate(store: Store, second_store: Store) -> None:
+    await _gate(store)
+
+    async def decide(index: int) -> bool:
+        target = store if index % 2 else second_store
+        decision = Decision(index % 3 == 0, f"user{index}", "", {})
+        try:
+            await target.decide_gate("r1", "d", decision, index % 3 == 0, [], 4.0)
+        except Conflict:
+            return False
+        return True
+
+    results = await asyncio.gather(*(decide(i) for i in range(30)))
+    assert sum(results) == 1
+    assert (await event_names(store)).count("gate_decided") == 1
+
+
+async def test_a_rejection_that_fails_ends_the_run(store: Store) -> None:
+    await _gate(store)
+    await store.decide_gate("r1", "d", Decision(False, "bob", "no", {}), False, [], 4.0)
+    run = await store.get_run("r1")
+    assert run.status is RunStatus.FAILED
+    assert run.error == "step 'd' rejected: no"
+
+
+async def test_cancel_stops_everything_once(store: Store) -> None:
+    await store.create_run(diamond(), 1.0)
+    a = await claim_one(store, "a")
+    run = await store.cancel_run("r1", 2.0)
+    assert run.status is RunStatus.CANCELLED
+    assert not await store.complete_step(a, StepResult("late"), DEPENDENTS["a"], 3.0)
+    with pytest.raises(Conflict):
+        await store.cancel_run("r1", 3.0)
+    assert {s.status for s in await store.get_steps("r1")} == {StepStatus.CANCELLED}
+    assert await claim_ids(store, 4.0) == []
+
+
+async def test_a_failed_run_is_retried_in_place(store: Store) -> None:
+    await store.create_run(diamond(), 1.0)
+    a = await claim_one(store, "a")
+    await store.complete_step(a, StepResult("kept"), DEPENDENTS["a"], 2.0)
+    b = await claim_one(store, "b", now=2.0)
+    await store.fail_attempt(b, "boom", None, 3.0)
+    run = await store.retry_run("r1", {"b": 0, "c": 0, "d": 2}, 4.0)
+    assert (run.status, run.unsettled, run.error) == (RunStatus.RUNNING, 3, None)
+    assert sorted(await claim_ids(store, 5.0)) == ["b", "c"]
+    (kept,) = await store.get_steps("r1", ["a"])
+    assert kept.output == "kept"
+    with pytest.raises(Conflict):
+        await store.retry_run("r1", {}, 6.0)
+
+
+async def test_finish_only_a_settled_run(store: Store) -> None:
+    await store.create_run(diamond(), 1.0)
+    assert not await store.finish_run("r1", RunStatus.COMPLETED, "r", None, 2.0)
+    await _settle_everything(store)
+    assert await store.finish_run("r1", RunStatus.COMPLETED, "report", None, 9.0)
+    run = await store.get_run("r1")
+    assert (run.status, run.report, run.finished_at) == (RunStatus.COMPLETED, "report", 9.0)
+    assert not await store.finish_run("r1", RunStatus.COMPLETED, "again", None, 10.0)
+
+
+async def _settle_everything(store: Store) -> None:
+    now = 2.0
+    while claims := await store.claim("w1", now, 30, ALL, 3):
+        for claim in claims:
+            await store.complete_step(claim, StepResult("x"), DEPENDENTS[claim.step_id], now)
+        now += 1
+
+
+async def test_event_ids_are_gapless_and_increasing(store: Store) -> None:
+    await store.create_run(diamond(), 1.0)
+    await _settle_everything(store)
+    ids = [e.id for e in await store.events("r1")]
+    assert ids == list(range(1, len(ids) + 1))
+    assert [e.id for e in await store.events("r1", after=3, limit=2)] == [4, 5]
+
+
+async def test_excluded_steps_are_settled_from_the_start(store: Store) -> None:
+    steps = [
+        NewStep("a", "agent", True, 0, StepStatus.EXCLUDED, 0),
+        NewStep("b", "code", False, 1, StepStatus.PENDING, 0),
+    ]
+    await store.create_run(NewRun("r1", "f", "quick", "m", {}, "{}", "h", steps), 1.0)
+    assert (await store.get_run("r1")).unsettled == 1
+    assert await event_names(store) == ["run_started", "step_excluded"]
+
+
+async def test_agent_calls_are_recorded_by_step_attempt_and_sequence(store: Store) -> None:
+    await store.create_run(diamond(), 1.0)
+    for sequence in (1, 0):
+        call = AgentCall("r1", "b", 1, sequence, "p", f"prompt {sequence}", "out", "scripted", True)
+        await store.record_agent_call(call)
+    calls = await store.agent_calls("r1", "b")
+    assert [(c.sequence, c.prompt) for c in calls] == [(0, "prompt 0"), (1, "prompt 1")]
+    assert await store.agent_calls("r1", "a") == []
+
+
+async def test_runs_are_listed_newest_first_with_filters_and_pages(store: Store) -> None:
+    for index in range(5):
+        await store.create_run(diamond(f"r{index}"), float(index))
+    await store.cancel_run("r1", 9.0)
+    runs = await store.list_runs(limit=2)
+    assert [r.id for r in runs] == ["r4", "r3"]
+    page = await store.list_runs(limit=2, before=(runs[-1].created_at, runs[-1].id))
+    assert [r.id for r in page] == ["r2", "r1"]
+    assert [r.id for r in await store.list_runs(status="cancelled")] == ["r1"]
+    assert await store.list_runs(flow="other") == []
+    assert await store.list_runs(waiting=True) == []
+
+
+async def test_has_work_ignores_waiting_gates(store: Store) -> None:
+    assert not await store.has_work(1.0)
+    await _gate(store)
+    assert not await store.has_work(4.0)
+
+
+async def test_released_steps_go_back_untouched(store: Store) -> None:
+    await store.create_run(diamond(), 1.0)
+    a = await claim_one(store, "a")
+    await store.release([a], 2.0)
+    again = await claim_one(store, "a", now=2.0, worker="w2")
+    assert again.attempt == 1
+
+
+async def test_reopening_a_store_keeps_its_data(store: Store, second_store: Store) -> None:
+    await store.create_run(diamond(), 1.0)
+    assert (await second_store.get_run("r1")).flow == "diamond"
