@@ -7,7 +7,7 @@ The environment wins over the file. The project directory holds ``flows/``,
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import Field
@@ -24,8 +24,41 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="FLOWRUNNER_", extra="forbid")
 
+    database_url: str = Field(
+        default="sqlite:///.flowrunner/flowrunner.db",
+        description="sqlite:///PATH (relative to the project) or postgresql://...",
+    )
+    agent_backend: str = Field(default="openai", description="openai, command or scripted.")
+    openai_base_url: str = Field(
+        default="http://127.0.0.1:11434/v1", description="Chat-completions endpoint root."
+    )
+    openai_api_key: str | None = Field(default=None, description="Key sent as bearer.")
+    model: str = Field(default="qwen3", description="Default model of a run.")
+    agent_command: str | None = Field(
+        default=None, description="argv of the command backend, as shell words."
+    )
+    scripted_replies: str | None = Field(
+        default=None, description="File of canned replies for the scripted backend."
+    )
     code_roots: str = Field(
         default="", description="Extra code roots, separated like PATH (os.pathsep)."
+    )
+    api_token: str | None = Field(default=None, description="Bearer token of the HTTP API.")
+    max_agents: int = Field(default=8, ge=1, description="Agent steps running at once per worker.")
+    max_code: int = Field(
+        default=8, ge=1, description="Code steps and gates handled at once per worker."
+    )
+    lease_seconds: float = Field(
+        default=30, gt=0, description="How long a claim lives without a heartbeat."
+    )
+    max_crashes: int = Field(
+        default=3, ge=1, description="Lost leases after which a step is failed."
+    )
+    poll_seconds: float = Field(
+        default=0.5, gt=0, description="How often an idle worker looks for work."
+    )
+    max_render_bytes: int = Field(
+        default=1_000_000, ge=1000, description="Cap on one rendered template."
     )
 
     @classmethod
@@ -52,10 +85,11 @@ def load_settings(project_dir: Path) -> Settings:
 
 @dataclass(frozen=True, slots=True)
 class Project:
-    """Where flows, personas and code live."""
+    """Where flows, personas and code live, with the settings read there."""
 
     root: Path
     extra_code_roots: tuple[Path, ...] = ()
+    settings: Settings = field(default_factory=Settings)
 
     @property
     def flows_dir(self) -> Path:
@@ -77,4 +111,15 @@ class Project:
         extra = tuple(
             (root / part).resolve() for part in settings.code_roots.split(os.pathsep) if part
         )
-        return cls(root, extra)
+        return cls(root, extra, settings)
+
+    def find_flow(self, reference: str) -> Path:
+        """A flow by path, or by name among the project's flows (file stem or `name`)."""
+        path = Path(reference)
+        if path.suffix in (".yaml", ".yml") or path.exists():
+            return path
+        for suffix in (".yaml", ".yml"):
+            candidate = self.flows_dir / f"{reference}{suffix}"
+            if candidate.is_file():
+                return candidate
+        return path

@@ -11,13 +11,35 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
+from jinja2.exceptions import SecurityError
 from jinja2.parser import Parser
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-ENVIRONMENT = ImmutableSandboxedEnvironment(
+MAX_PRODUCT = 1_000_000
+"""Largest string or list a template may build with ``*``, and largest power with ``**``."""
+
+
+class FlowEnvironment(ImmutableSandboxedEnvironment):
+    """Jinja's immutable sandbox, plus bounds on ``*`` and ``**`` so that a template
+    cannot build a gigabyte string (``'x' * 10**9``) before any size check sees it."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for sequence, count in ((left, right), (right, left)):
+                sized = isinstance(sequence, str | list | tuple) and isinstance(count, int)
+                if sized and len(sequence) * count > MAX_PRODUCT:
+                    raise SecurityError(f"'*' would build more than {MAX_PRODUCT} items")
+        elif operator == "**" and isinstance(right, int) and abs(right) > 1000:
+            raise SecurityError("'**' exponent larger than 1000")
+        return super().call_binop(context, operator, left, right)
+
+
+ENVIRONMENT = FlowEnvironment(
     undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True
 )
 
@@ -183,3 +205,23 @@ def template_references(source: str) -> list[Reference]:
     if simple is not None:
         return simple
     return list(references(parse_template(source)))
+
+
+def step_reads(source: str, *, expression: bool = False) -> frozenset[str] | None:
+    """The step ids a template reads, or None when it reads ``steps`` dynamically.
+
+    ``steps[name]``, ``steps.items()`` or ``for s in steps`` cannot be known
+    ahead of time; the runtime then provides every settled ancestor.
+    """
+    if not expression and not is_template(source):
+        return frozenset()
+    if not expression and (simple := _simple_references(source)) is not None:
+        return frozenset(r.name for r in simple if r.kind == "step")
+    tree = parse_expression(source) if expression else parse_template(source)
+    found = [r for r in references(tree) if r.kind == "step"]
+    loads = sum(
+        1 for name in tree.find_all(nodes.Name) if name.name == "steps" and name.ctx == "load"
+    )
+    if loads > len(found) and "steps" not in _shadowed(tree):
+        return None
+    return frozenset(r.name for r in found)

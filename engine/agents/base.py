@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from engine import errors
+
 OnDelta = Callable[[str], None]
 """Receives each piece of a reply as it arrives; the pieces join to the reply text."""
 
@@ -50,8 +52,11 @@ class AgentError(Exception):
     """
 
 
-class ConfigError(Exception):
+class ConfigError(errors.ConfigError):
     """A backend cannot be built from the settings or files it was given."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
 
 
 class Backend(Protocol):

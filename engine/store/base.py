@@ -17,18 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.core.plan import RunStatus, StepStatus
-
-
-class StoreError(Exception):
-    """The store failed (connection lost, disk full, ...)."""
-
-
-class NotFound(StoreError):
-    """No such run or step."""
-
-
-class Conflict(StoreError):
-    """The change is not allowed in the current state (a decided gate, a finished run)."""
+from engine.errors import Conflict as Conflict
+from engine.errors import NotFound as NotFound
+from engine.errors import StoreError as StoreError
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,13 +216,28 @@ class Store(ABC):
 
     @abstractmethod
     async def claim(
-        self, worker: str, now: float, lease: float, capacity: Capacity, max_crashes: int
+        self,
+        worker: str,
+        now: float,
+        lease: float,
+        capacity: Capacity,
+        max_crashes: int,
+        run_id: str | None = None,
     ) -> list[Claim]:
-        """Take ready steps (and steps whose lease expired) up to ``capacity``.
+        """Take ready steps (and steps whose lease expired) up to ``capacity``, of one run
+        when ``run_id`` is given.
 
         A step taken over from a lost worker has its crash counted; past
         ``max_crashes`` it is failed (and its run with it) instead of claimed.
         """
+
+    @abstractmethod
+    async def lease_owners(self) -> list[str]:
+        """The workers holding running steps."""
+
+    @abstractmethod
+    async def expire_leases(self, owner: str, now: float) -> None:
+        """End every lease of ``owner`` now: it is known to be dead."""
 
     @abstractmethod
     async def heartbeat(

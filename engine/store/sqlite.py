@@ -306,12 +306,24 @@ class SqliteStore(Store):
     async def get_steps(
         self, run_id: str, step_ids: Sequence[str] | None = None
     ) -> list[StepRecord]:
-        rows = await self._read("get_steps", {"run_id": run_id})
-        steps = [_step(row) for row in rows]
-        if step_ids is not None:
-            wanted = set(step_ids)
-            steps = [step for step in steps if step.id in wanted]
-        return steps
+        if step_ids is None:
+            return [_step(row) for row in await self._read("get_steps", {"run_id": run_id})]
+        found: list[StepRecord] = []
+        wanted = list(dict.fromkeys(step_ids))
+        async with self._lock:
+            for start in range(0, len(wanted), 500):  # SQLite's limit on bound parameters
+                chunk = wanted[start : start + 500]
+                query = Q["get_some_steps"].format(ids=", ".join("?" * len(chunk)))
+                cursor = await self.db.execute(query, [run_id, *chunk])
+                found.extend(_step(row) for row in await cursor.fetchall())
+        return sorted(found, key=lambda step: step.position)
+
+    async def lease_owners(self) -> list[str]:
+        return [row[0] for row in await self._read("lease_owners", {})]
+
+    async def expire_leases(self, owner: str, now: float) -> None:
+        async with self._tx() as db:
+            await db.execute(Q["expire_leases"], {"owner": owner})
 
     async def events(self, run_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
         rows = await self._read("events", {"run_id": run_id, "after": after, "limit": limit})
@@ -330,7 +342,13 @@ class SqliteStore(Store):
     # Scheduling
 
     async def claim(
-        self, worker: str, now: float, lease: float, capacity: Capacity, max_crashes: int
+        self,
+        worker: str,
+        now: float,
+        lease: float,
+        capacity: Capacity,
+        max_crashes: int,
+        run_id: str | None = None,
     ) -> list[Claim]:
         if capacity.agents <= 0 and capacity.others <= 0:
             return []
@@ -338,7 +356,8 @@ class SqliteStore(Store):
         async with self._tx() as db:
             rows: list[sqlite3.Row] = []
             for query in ("claimable_expired", "claimable_ready"):
-                cursor = await db.execute(Q[query], {"now": now, "limit": limit})
+                params = {"now": now, "limit": limit, "run_id": run_id}
+                cursor = await db.execute(Q[query], params)
                 rows.extend(await cursor.fetchall())
             agents, others = capacity.agents, capacity.others
             running: dict[str, int] = {}

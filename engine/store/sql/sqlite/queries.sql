@@ -27,6 +27,17 @@ SELECT run_id, step_id, kind, position, status, attempts, failures, crashes, inp
        fields, data, error, scripted, deadline, started_at, finished_at
 FROM steps WHERE run_id = :run_id ORDER BY position;
 
+-- name: get_some_steps
+SELECT run_id, step_id, kind, position, status, attempts, failures, crashes, input, output,
+       fields, data, error, scripted, deadline, started_at, finished_at
+FROM steps WHERE run_id = ? AND step_id IN ({ids}) ORDER BY position;
+
+-- name: lease_owners
+SELECT DISTINCT lease_owner FROM steps WHERE status = 'running';
+
+-- name: expire_leases
+UPDATE steps SET lease_expires = 0 WHERE status = 'running' AND lease_owner = :owner;
+
 -- name: next_event_ids
 UPDATE runs SET last_event = last_event + :count, updated_at = :now WHERE id = :run_id
 RETURNING last_event;
@@ -44,6 +55,7 @@ SELECT s.run_id, s.step_id, s.kind, s.agent, s.status, s.attempts, s.failures, s
        s.lease_owner, r.max_parallel
 FROM steps s JOIN runs r ON r.id = s.run_id
 WHERE s.status = 'pending' AND s.waiting_on = 0 AND s.ready_at <= :now AND r.status = 'running'
+  AND (:run_id IS NULL OR s.run_id = :run_id)
 ORDER BY s.ready_at, r.created_at, s.position
 LIMIT :limit;
 
@@ -52,6 +64,7 @@ SELECT s.run_id, s.step_id, s.kind, s.agent, s.status, s.attempts, s.failures, s
        s.lease_owner, r.max_parallel
 FROM steps s JOIN runs r ON r.id = s.run_id
 WHERE s.status = 'running' AND s.lease_expires < :now AND r.status = 'running'
+  AND (:run_id IS NULL OR s.run_id = :run_id)
 ORDER BY s.lease_expires
 LIMIT :limit;
 

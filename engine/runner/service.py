@@ -1,0 +1,225 @@
+"""What the CLI and the HTTP API do to runs: launch, decide gates, cancel, retry, read.
+
+Both shells call these; neither talks to the store for a state change itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from engine.config import Project
+from engine.core.decisions import initial_steps, reset_for_retry
+from engine.core.plan import default_band
+from engine.errors import Conflict, InvalidInput, NotAllowed, NotFound
+from engine.lint import CheckedFlow
+from engine.model.documents import ApprovalStep, Flow, InputSpec, type_error
+from engine.runner.snapshot import CompiledFlow, Snapshot
+from engine.store.base import Decision, NewRun, NewStep, RunRecord, StepRecord, Store
+
+
+def check_values(
+    specs: Mapping[str, InputSpec], given: Mapping[str, Any], what: str
+) -> dict[str, Any]:
+    """``given`` checked against ``specs``, defaults applied; :class:`InvalidInput` lists
+    every problem (missing, unknown, wrong type, not in enum)."""
+    problems: dict[str, str] = {}
+    values: dict[str, Any] = {}
+    for name in given:
+        if name not in specs:
+            problems[name] = f"unknown {what} (declared: {', '.join(specs) or 'none'})"
+    for name, spec in specs.items():
+        if name not in given:
+            if spec.required:
+                problems[name] = f"missing required {what}"
+            else:
+                values[name] = spec.default
+            continue
+        value = given[name]
+        problem = type_error(spec.type, spec.items, value)
+        if problem is None and spec.enum is not None and value not in spec.enum:
+            problem = f"{value!r} is not one of {spec.enum}"
+        if problem is not None:
+            problems[name] = problem
+        else:
+            values[name] = value
+    if problems:
+        listed = "; ".join(f"{name}: {problem}" for name, problem in problems.items())
+        raise InvalidInput(f"invalid {what}s: {listed}", problems)
+    return values
+
+
+def request_hash(flow: str, inputs: Mapping[str, Any], band: str | None, model: str | None) -> str:
+    """What an idempotency key is bound to: the same key must come with the same request."""
+    body = json.dumps(
+        {"flow": flow, "inputs": inputs, "band": band, "model": model}, sort_keys=True
+    )
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
+def _band(flow: Flow, band: str | None) -> str | None:
+    if band is None:
+        return default_band(flow)
+    if not flow.bands or band not in flow.bands:
+        declared = ", ".join(flow.bands or []) or "none"
+        raise InvalidInput(f"unknown band '{band}' (declared: {declared})", {"band": band})
+    return band
+
+
+async def launch(
+    store: Store,
+    project: Project,
+    checked: CheckedFlow,
+    *,
+    inputs: Mapping[str, Any],
+    band: str | None = None,
+    model: str | None = None,
+    launched_by: str | None = None,
+    idempotency_key: str | None = None,
+    replay_of: str | None = None,
+    now: float,
+) -> tuple[str, bool]:
+    """Validate the inputs, snapshot the flow and store the run; returns (id, created)."""
+    flow = checked.flow
+    values = check_values(flow.inputs, inputs, "input")
+    chosen = _band(flow, band)
+    if replay_of is not None:
+        await store.get_run(replay_of)  # NotFound when there is nothing to replay
+    snapshot = Snapshot.take(checked, project)
+    plan = CompiledFlow.load(snapshot).plan(chosen)
+    steps = [
+        NewStep(
+            i.id, plan[i.id].kind, plan[i.id].agent, plan[i.id].position, i.status, i.waiting_on
+        )
+        for i in initial_steps(plan)
+    ]
+    run = NewRun(
+        id=uuid.uuid4().hex[:12],
+        flow=flow.name,
+        band=chosen,
+        model=model or project.settings.model,
+        inputs=values,
+        snapshot=snapshot.to_json(),
+        snapshot_hash=snapshot.hash,
+        steps=steps,
+        max_parallel=flow.max_parallel,
+        launched_by=launched_by,
+        idempotency_key=idempotency_key,
+        request_hash=request_hash(flow.name, inputs, band, model) if idempotency_key else None,
+        replay_of=replay_of,
+    )
+    return await store.create_run(run, now)
+
+
+async def compiled_flow(store: Store, run_id: str) -> CompiledFlow:
+    return CompiledFlow.load(Snapshot.from_json(await store.get_snapshot(run_id)))
+
+
+async def decide(
+    store: Store,
+    run_id: str,
+    step_id: str,
+    *,
+    approve: bool,
+    identity: str | None,
+    comment: str = "",
+    payload: Mapping[str, Any] | None = None,
+    now: float,
+) -> StepRecord:
+    """Approve or reject a waiting gate as ``identity``.
+
+    :class:`NotAllowed` when the identity is not an approver or launched the run
+    under ``prevent_self_approval``; :class:`InvalidInput` for a payload that does
+    not match the gate's form (the gate keeps waiting); :class:`Conflict` when the
+    gate is not waiting (so of two concurrent decisions exactly one wins).
+    """
+    run = await store.get_run(run_id)
+    compiled = await compiled_flow(store, run_id)
+    gate = compiled.steps.get(step_id)
+    if gate is None:
+        raise NotFound(f"no step '{step_id}' in run '{run_id}'")
+    if not isinstance(gate, ApprovalStep):
+        raise Conflict(f"step '{step_id}' is a {gate.kind} step, not an approval gate")
+    if gate.approvers is not None and identity not in gate.approvers:
+        raise NotAllowed(f"'{identity}' is not among the approvers of '{step_id}'")
+    if gate.prevent_self_approval and identity is not None and identity == run.launched_by:
+        raise NotAllowed(f"'{identity}' launched this run and may not decide its gates")
+    values = check_values(gate.form, payload or {}, "payload field") if approve else {}
+    settle = approve or gate.on_reject == "continue"
+    dependents = compiled.plan(run.band)[step_id].dependents
+    decision = Decision(approve, identity, comment, values)
+    return await store.decide_gate(run_id, step_id, decision, settle, dependents, now)
+
+
+async def cancel(store: Store, run_id: str, now: float) -> RunRecord:
+    return await store.cancel_run(run_id, now)
+
+
+async def retry(store: Store, run_id: str, now: float) -> RunRecord:
+    """Run a failed or cancelled run again in place: settled steps keep their results."""
+    run = await store.get_run(run_id)
+    compiled = await compiled_flow(store, run_id)
+    statuses = {step.id: step.status for step in await store.get_steps(run_id)}
+    return await store.retry_run(run_id, reset_for_retry(compiled.plan(run.band), statuses), now)
+
+
+@dataclass(frozen=True, slots=True)
+class RunDetails:
+    run: RunRecord
+    steps: list[StepRecord]
+
+    def as_json(self) -> dict[str, Any]:
+        run = self.run
+        return {
+            "id": run.id,
+            "flow": run.flow,
+            "status": str(run.status),
+            "band": run.band,
+            "model": run.model,
+            "inputs": run.inputs,
+            "report": run.report,
+            "error": run.error,
+            "launched_by": run.launched_by,
+            "replay_of": run.replay_of,
+            "created_at": run.created_at,
+            "updated_at": run.updated_at,
+            "finished_at": run.finished_at,
+            "steps": [
+                {
+                    "id": step.id,
+                    "kind": step.kind,
+                    "status": str(step.status),
+                    "attempts": step.attempts,
+                    "output": step.output,
+                    "fields": step.fields,
+                    "data": step.data,
+                    "error": step.error,
+                    "scripted": step.scripted,
+                    "started_at": step.started_at,
+                    "finished_at": step.finished_at,
+                }
+                for step in self.steps
+            ],
+        }
+
+
+async def details(store: Store, run_id: str) -> RunDetails:
+    return RunDetails(await store.get_run(run_id), await store.get_steps(run_id))
+
+
+def summary(run: RunRecord) -> dict[str, Any]:
+    """A run as ``runs --json`` lists it."""
+    return {
+        "id": run.id,
+        "flow": run.flow,
+        "status": str(run.status),
+        "band": run.band,
+        "model": run.model,
+        "created_at": run.created_at,
+        "finished_at": run.finished_at,
+        "error": run.error,
+    }

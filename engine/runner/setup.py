@@ -1,0 +1,43 @@
+"""Building the store and the agent backend from the settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.agents import Backend, make_backend
+from engine.config import Project
+from engine.errors import ConfigError
+from engine.store.base import Store
+from engine.store.sqlite import SqliteStore
+
+
+def sqlite_path(url: str, project: Project) -> Path:
+    """``sqlite:///relative/path`` (to the project) or ``sqlite:////absolute/path``."""
+    path = Path(url.removeprefix("sqlite:///"))
+    return path if path.is_absolute() else project.root / path
+
+
+def open_store(project: Project) -> Store:
+    """The store ``FLOWRUNNER_DATABASE_URL`` names (not yet opened)."""
+    url = project.settings.database_url
+    if url.startswith("sqlite:///"):
+        return SqliteStore(sqlite_path(url, project))
+    if url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(
+            "the PostgreSQL store is not available in this version; "
+            "use FLOWRUNNER_DATABASE_URL=sqlite:///PATH"
+        )
+    raise ConfigError(f"FLOWRUNNER_DATABASE_URL must start with sqlite:/// (got {url!r})")
+
+
+def agent_backend(project: Project) -> Backend:
+    """The backend ``FLOWRUNNER_AGENT_BACKEND`` names, built from its settings."""
+    settings = project.settings
+    replies = settings.scripted_replies
+    return make_backend(
+        settings.agent_backend,
+        base_url=settings.openai_base_url,
+        api_key=settings.openai_api_key,
+        command=settings.agent_command,
+        scripted_file=project.root / replies if replies else None,
+    )

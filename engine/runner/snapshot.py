@@ -1,0 +1,135 @@
+"""The flow as launched: stored with the run and the only thing the run ever reads.
+
+Editing a flow's YAML, its prompt files or its personas never changes a run
+already started, including after a crash and resume: everything a run
+renders comes from its snapshot. (Code steps call the code as it is when they
+run; code is not snapshotted.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from engine.config import Project
+from engine.core.plan import RunPlan, make_plan
+from engine.errors import FlowrunnerError
+from engine.lint import CheckedFlow
+from engine.model.documents import AgentStep, ApprovalStep, CodeStep, Flow, Step
+from engine.model.graph import Ancestry, StepGraph
+from engine.model.source import load_yaml
+from engine.templates import step_reads
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What is stored with a run: the YAML text, prompt templates, personas and order."""
+
+    path: str
+    source: str
+    prompts: dict[str, str]
+    personas: dict[str, str]
+    order: tuple[str, ...]
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "path": self.path,
+                "source": self.source,
+                "prompts": self.prompts,
+                "personas": self.personas,
+                "order": list(self.order),
+            },
+            ensure_ascii=False,
+            sort_keys=True,
+        )
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()
+
+    @classmethod
+    def from_json(cls, text: str) -> Snapshot:
+        data = json.loads(text)
+        return cls(
+            data["path"], data["source"], data["prompts"], data["personas"], tuple(data["order"])
+        )
+
+    @classmethod
+    def take(cls, checked: CheckedFlow, project: Project) -> Snapshot:
+        """Snapshot a validated flow with the text of every persona its steps use."""
+        personas = {}
+        for step in checked.flow.steps:
+            if isinstance(step, AgentStep) and step.persona is not None:
+                path = project.personas_dir / f"{step.persona}.md"
+                personas[step.persona] = path.read_text("utf-8")
+        return cls(str(checked.path), checked.source, checked.prompts, personas, checked.order)
+
+
+class SnapshotError(FlowrunnerError):
+    """A stored snapshot that no longer loads (should not happen: it passed lint at launch)."""
+
+
+@dataclass
+class CompiledFlow:
+    """A snapshot turned back into the flow, its plan per band and what each step reads."""
+
+    snapshot: Snapshot
+    flow: Flow
+    steps: dict[str, Step]
+    _plans: dict[str | None, RunPlan] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, snapshot: Snapshot) -> CompiledFlow:
+        data, _ = load_yaml(snapshot.source)
+        try:
+            flow = Flow.model_validate(data).with_defaults()
+        except ValueError as exc:
+            raise SnapshotError(f"the stored flow no longer validates: {exc}") from exc
+        return cls(snapshot, flow, {step.id: step for step in flow.steps})
+
+    def plan(self, band: str | None) -> RunPlan:
+        if band not in self._plans:
+            self._plans[band] = make_plan(self.flow, self.snapshot.order, band)
+        return self._plans[band]
+
+    @cached_property
+    def ancestry(self) -> Ancestry:
+        graph = StepGraph({step.id: step.needs for step in self.flow.steps})
+        return graph.ancestry(self.snapshot.order)
+
+    @cached_property
+    def reads(self) -> dict[str, frozenset[str] | None]:
+        """The steps each step's templates read (None: all its ancestors)."""
+        return {step_id: self._reads(step) for step_id, step in self.steps.items()}
+
+    def _reads(self, step: Step) -> frozenset[str] | None:
+        sources: list[tuple[str, bool]] = []
+        if isinstance(step.when, str):
+            sources.append((step.when, True))
+        if isinstance(step, AgentStep):
+            sources.append((self.snapshot.prompts[step.id], False))
+        elif isinstance(step, CodeStep):
+            sources.extend((text, False) for text in _strings(step.with_))
+        elif isinstance(step, ApprovalStep) and step.message:
+            sources.append((step.message, False))
+        found: set[str] = set()
+        for text, expression in sources:
+            reads = step_reads(text, expression=expression)
+            if reads is None:
+                return None
+            found |= reads
+        return frozenset(found)
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for item in value.values() for s in _strings(item)]
+    if isinstance(value, list):
+        return [s for item in value for s in _strings(item)]
+    return []

@@ -1,0 +1,349 @@
+"""The worker: claims ready steps with leases, executes them, records what happened.
+
+One loop: finish runs whose steps all settled (render the report), decide
+gates whose timeout passed, claim what is ready up to the worker's capacity,
+then sleep until a step finishes or the poll interval passes. A heartbeat task
+extends the leases of running steps and cancels any step this worker no longer
+holds (its run was cancelled, or another worker took it over).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from engine.agents import Backend, ReplayBackend
+from engine.config import Project
+from engine.core.decisions import GiveUp, after_failure
+from engine.core.plan import SETTLED, RunStatus
+from engine.errors import Conflict, StoreError
+from engine.model.documents import ApprovalStep
+from engine.runner.execute import AttemptFailed, Done, Executor, Publish, Skip, StepFailed, Wait
+from engine.runner.render import Renderer, RenderError, StepView
+from engine.runner.snapshot import CompiledFlow, Snapshot
+from engine.runner.state import RunState
+from engine.store.base import Capacity, Claim, Decision, StepRecord, Store
+
+log = logging.getLogger("flowrunner.worker")
+
+HEARTBEAT_SECONDS = 0.25
+"""How often running steps are checked: a cancelled run stops well within a second."""
+
+REAP_SECONDS = 5.0
+"""How often leases held by dead workers on this host are looked for."""
+
+
+def new_worker_id() -> str:
+    """``host:pid:random``: unique, and tells which process held a lease."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    """Executes the steps of every run in a store (or of one run)."""
+
+    def __init__(
+        self,
+        store: Store,
+        project: Project,
+        backend: Backend,
+        *,
+        run_id: str | None = None,
+        clock: Callable[[], float] = time.time,
+        worker_id: str | None = None,
+    ) -> None:
+        self.store = store
+        self.project = project
+        self.settings = project.settings
+        self.backend = backend
+        self.run_id = run_id
+        self.clock = clock
+        self.id = worker_id or new_worker_id()
+        self.subscribers: list[Publish] = []
+        self.threads = ThreadPoolExecutor(self.settings.max_code, thread_name_prefix="fr-code")
+        self.executor = Executor(
+            store,
+            project,
+            Renderer(self.settings.max_render_bytes),
+            self.threads,
+            clock,
+            self.publish,
+        )
+        self.states: dict[str, RunState] = {}
+        self.compiled: dict[str, CompiledFlow] = {}
+        self.replays: dict[str, Backend] = {}
+        self.active: dict[tuple[str, str], tuple[Claim, asyncio.Task[None]]] = {}
+        self.wake = asyncio.Event()
+        self.stopping = asyncio.Event()
+
+    def publish(self, frame: dict[str, Any]) -> None:
+        """A live frame (token deltas): passed to subscribers, never stored."""
+        for subscriber in self.subscribers:
+            subscriber(frame)
+
+    async def run(
+        self,
+        *,
+        until_idle: bool = False,
+        until: Callable[[], Awaitable[bool]] | None = None,
+        grace: float = 10.0,
+    ) -> None:
+        """Work until stopped, idle (``until_idle``), or ``until()`` says so."""
+        heartbeat = asyncio.create_task(self._heartbeat())
+        reaped_at = 0.0
+        try:
+            while not self.stopping.is_set():
+                now = self.clock()
+                if now - reaped_at >= REAP_SECONDS:
+                    await self._reap_dead_owners(now)
+                    reaped_at = now
+                await self._finish_runs(now)
+                await self._expire_gates(now)
+                await self._claim(now)
+                if until is not None and await until():
+                    break
+                if until_idle and not self.active and not await self.store.has_work(now):
+                    break
+                await self._sleep()
+        finally:
+            await self._shutdown(grace)
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            self.threads.shutdown(wait=False, cancel_futures=True)
+
+    def stop(self) -> None:
+        """Stop claiming; running steps get the grace period, then are handed back."""
+        self.stopping.set()
+        self.wake.set()
+
+    async def _sleep(self) -> None:
+        self.wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.wake.wait(), self.settings.poll_seconds)
+
+    async def _shutdown(self, grace: float) -> None:
+        tasks = [task for _, task in self.active.values()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
+        leftover = [claim for claim, task in self.active.values() if not task.done()]
+        for _, task in self.active.values():
+            task.cancel()
+        if leftover:
+            with contextlib.suppress(StoreError):
+                await self.store.release(leftover, self.clock())
+
+    async def _reap_dead_owners(self, now: float) -> None:
+        """End at once the leases of workers on this host whose process is gone.
+
+        A crashed worker's steps would otherwise wait for their lease to expire;
+        on one machine we can tell it is dead (its pid no longer exists). Other
+        hosts' workers are left to their leases.
+        """
+        host = socket.gethostname()
+        for owner in await self.store.lease_owners():
+            owner_host, _, rest = owner.partition(":")
+            pid = rest.partition(":")[0]
+            if owner_host == host and pid.isdigit() and not _alive(int(pid)):
+                log.info("taking over the steps of dead worker %s", owner)
+                await self.store.expire_leases(owner, now)
+
+    # Claiming and executing
+
+    async def _claim(self, now: float) -> None:
+        running_agents = sum(claim.kind == "agent" for claim, _ in self.active.values())
+        running_others = len(self.active) - running_agents
+        capacity = Capacity(
+            self.settings.max_agents - running_agents, self.settings.max_code - running_others
+        )
+        try:
+            claims = await self.store.claim(
+                self.id,
+                now,
+                self.settings.lease_seconds,
+                capacity,
+                self.settings.max_crashes,
+                self.run_id,
+            )
+        except StoreError as exc:
+            log.warning("claim failed, will retry: %s", exc)
+            return
+        for claim in claims:
+            task = asyncio.create_task(self._execute(claim))
+            self.active[(claim.run_id, claim.step_id)] = (claim, task)
+
+    async def _execute(self, claim: Claim) -> None:
+        try:
+            state = await self._state(claim.run_id)
+            await self._ensure_views(state, state.needed(claim.step_id))
+            step = state.plan[claim.step_id]
+            loop = asyncio.get_running_loop()
+
+            def load(step_ids: list[str]) -> None:
+                asyncio.run_coroutine_threadsafe(self._ensure_views(state, step_ids), loop).result()
+
+            try:
+                async with asyncio.timeout(step.timeout):
+                    outcome = await self.executor.run(state, claim, self._backend_for(state), load)
+            except TimeoutError:
+                raise AttemptFailed(f"timed out after {step.timeout:g}s") from None
+            await self._record(state, claim, outcome)
+        except AttemptFailed as exc:
+            await self._failed(claim, exc.message, retryable=True)
+        except StepFailed as exc:
+            await self._failed(claim, exc.message, retryable=False)
+        except asyncio.CancelledError:
+            pass  # the run was cancelled, another worker took the step, or we are stopping
+        except StoreError as exc:
+            log.warning("store error on %s/%s; its lease will expire: %s", *_key(claim), exc)
+        except Exception as exc:  # an engine bug must not hang the run: fail the attempt
+            log.exception("internal error running %s/%s", *_key(claim))
+            await self._failed(claim, f"internal error: {type(exc).__name__}: {exc}", True)
+        finally:
+            self.active.pop(_key(claim), None)
+            self.wake.set()
+
+    async def _record(self, state: RunState, claim: Claim, outcome: Done | Skip | Wait) -> None:
+        now = self.clock()
+        dependents = state.plan[claim.step_id].dependents
+        if isinstance(outcome, Done):
+            result = outcome.result
+            if await self.store.complete_step(claim, result, dependents, now):
+                state.views[claim.step_id] = StepView(
+                    "completed", result.output, dict(result.fields), result.data, False
+                )
+        elif isinstance(outcome, Skip):
+            if await self.store.skip_step(claim, outcome.reason, dependents, now):
+                state.views[claim.step_id] = StepView("skipped", "", {}, None, True)
+        else:
+            await self.store.wait_for_gate(claim, outcome.message, outcome.deadline, now)
+
+    async def _failed(self, claim: Claim, error: str, retryable: bool) -> None:
+        now = self.clock()
+        retry_at: float | None = None
+        if retryable:
+            state = await self._state(claim.run_id)
+            decision = after_failure(state.plan[claim.step_id], claim.failures + 1, now, error)
+            if isinstance(decision, GiveUp):
+                error = decision.reason
+            else:
+                retry_at = decision.at
+        with contextlib.suppress(StoreError):
+            await self.store.fail_attempt(claim, error, retry_at, now)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            claims = [claim for claim, _ in self.active.values()]
+            if not claims:
+                continue
+            try:
+                held = await self.store.heartbeat(
+                    self.id, claims, self.clock(), self.settings.lease_seconds
+                )
+            except StoreError as exc:
+                log.warning("heartbeat failed: %s", exc)
+                continue
+            for claim in claims:
+                key = _key(claim)
+                if key not in held and key in self.active:
+                    self.active[key][1].cancel()
+
+    # Runs
+
+    async def _state(self, run_id: str) -> RunState:
+        state = self.states.get(run_id)
+        if state is None:
+            record = await self.store.get_run(run_id)
+            compiled = self.compiled.get(record.snapshot_hash)
+            if compiled is None:
+                snapshot = Snapshot.from_json(await self.store.get_snapshot(run_id))
+                compiled = self.compiled[record.snapshot_hash] = CompiledFlow.load(snapshot)
+            if record.replay_of is not None:
+                await self.prepare_replay(record.replay_of)
+            state = self.states[run_id] = RunState(record, compiled)
+        return state
+
+    async def _ensure_views(self, state: RunState, step_ids: list[str]) -> None:
+        missing = [step_id for step_id in step_ids if step_id not in state.views]
+        if missing:
+            for record in await self.store.get_steps(state.record.id, missing):
+                if record.status in SETTLED:
+                    state.views[record.id] = StepView.of(record)
+
+    def _backend_for(self, state: RunState) -> Backend:
+        source = state.record.replay_of
+        if source is None:
+            return self.backend
+        return self.replays[source]
+
+    async def prepare_replay(self, source_run: str) -> None:
+        """Load the recorded agent calls a replayed run answers from."""
+        if source_run in self.replays:
+            return
+        latest: dict[tuple[str, int], tuple[int, str, bool]] = {}
+        for call in await self.store.agent_calls(source_run):
+            key = (call.step_id, call.sequence)
+            if key not in latest or call.attempt >= latest[key][0]:
+                latest[key] = (call.attempt, call.output, call.scripted)
+        calls = {key: (output, scripted) for key, (_, output, scripted) in latest.items()}
+        self.replays[source_run] = ReplayBackend(calls, source_run)
+
+    async def _finish_runs(self, now: float) -> None:
+        for run_id in await self.store.runs_to_finish():
+            if self.run_id is not None and run_id != self.run_id:
+                continue
+            state = await self._state(run_id)
+            records = await self.store.get_steps(run_id)
+            status, report, error = RunStatus.COMPLETED, None, None
+            try:
+                report = self._report(state, records)
+            except RenderError as exc:
+                status, error = RunStatus.FAILED, exc.message
+            await self.store.finish_run(run_id, status, report, error, now)
+            self.states.pop(run_id, None)
+
+    def _report(self, state: RunState, records: list[StepRecord]) -> str:
+        flow = state.compiled.flow
+        if flow.report is not None:
+            views = {record.id: StepView.of(record) for record in records}
+            return self.executor.renderer.render(flow.report, state.names(views), "report")
+        sinks = [r for r in records if not state.plan[r.id].dependents and r.output]
+        return "\n\n".join(f"## {record.id}\n\n{record.output}" for record in sinks)
+
+    async def _expire_gates(self, now: float) -> None:
+        for run_id, step_id in await self.store.expired_gates(now):
+            if self.run_id is not None and run_id != self.run_id:
+                continue
+            state = await self._state(run_id)
+            gate = state.compiled.steps[step_id]
+            assert isinstance(gate, ApprovalStep)
+            approved = gate.on_timeout == "approve"
+            payload = {name: spec.default for name, spec in gate.form.items() if not spec.required}
+            decision = Decision(approved, None, "timed out", payload, timed_out=True)
+            settle = approved or gate.on_reject == "continue"
+            with contextlib.suppress(Conflict):
+                await self.store.decide_gate(
+                    run_id, step_id, decision, settle, state.plan[step_id].dependents, now
+                )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _key(claim: Claim) -> tuple[str, str]:
+    return claim.run_id, claim.step_id
