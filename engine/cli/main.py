@@ -1,4 +1,4 @@
-"""The ``flowrunner`` command line: a thin shell over lint and the schema export."""
+"""The ``flowrunner`` command line: a thin shell over lint, the schema export and runs."""
 
 from __future__ import annotations
 
@@ -8,53 +8,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 
 from engine import schema
-from engine.config import Project
+from engine.cli import graph, runs
+from engine.cli.common import app, fail, open_project
 from engine.lint import lint_paths
 from engine.lint.output import FORMATS
 
-app = typer.Typer(
-    name="flowrunner",
-    help="Declarative YAML flows of LLM agents, code steps and approval gates.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
-
-class State:
-    project_dir: Path | None = None
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print one clear line to stderr and return the exit to raise."""
-    typer.echo(f"flowrunner: {message}", err=True)
-    return typer.Exit(code)
-
-
-def open_project() -> Project:
-    try:
-        return Project.open(State.project_dir)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise fail(f"bad configuration: {where}: {first['msg']}") from None
-    except (ValueError, OSError) as exc:
-        raise fail(f"bad configuration in flowrunner.toml: {exc}") from None
-
-
-@app.callback()
-def main_options(
-    project: Annotated[
-        Path | None,
-        typer.Option(
-            help="The project directory (flows/, personas/, code_steps/).", file_okay=False
-        ),
-    ] = None,
-) -> None:
-    State.project_dir = project
+__all__ = ["app", "graph", "main", "runs"]
 
 
 class Format(StrEnum):

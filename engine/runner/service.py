@@ -143,7 +143,7 @@ async def decide(
     if gate is None:
         raise NotFound(f"no step '{step_id}' in run '{run_id}'")
     if not isinstance(gate, ApprovalStep):
-        raise Conflict(f"step '{step_id}' is a {gate.kind} step, not an approval gate")
+        raise Conflict(f"step '{step_id}' is not an approval gate (it is a {gate.kind} step)")
     if gate.approvers is not None and identity not in gate.approvers:
         raise NotAllowed(f"'{identity}' is not among the approvers of '{step_id}'")
     if gate.prevent_self_approval and identity is not None and identity == run.launched_by:

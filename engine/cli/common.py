@@ -1,0 +1,62 @@
+"""What every command shares: the Typer app, the project, one-line errors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from engine.config import Project
+from engine.lint.output import as_text
+from engine.lint.pipeline import LintReport
+from engine.model.diagnostics import Diagnostic
+
+app = typer.Typer(
+    name="flowrunner",
+    help="Declarative YAML flows of LLM agents, code steps and approval gates.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class State:
+    project_dir: Path | None = None
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print one clear line to stderr and return the exit to raise."""
+    typer.echo(f"flowrunner: {message}", err=True)
+    return typer.Exit(code)
+
+
+def open_project() -> Project:
+    try:
+        return Project.open(State.project_dir)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise fail(f"bad configuration: {where}: {first['msg']}") from None
+    except (ValueError, OSError) as exc:
+        raise fail(f"bad configuration in flowrunner.toml: {exc}") from None
+
+
+@app.callback()
+def main_options(
+    project: Annotated[
+        Path | None,
+        typer.Option(
+            help="The project directory (flows/, personas/, code_steps/).", file_okay=False
+        ),
+    ] = None,
+) -> None:
+    State.project_dir = project
+
+
+def print_diagnostics(diagnostics: Sequence[Diagnostic]) -> None:
+    """Diagnostics as ``lint`` prints them, on stderr."""
+    report = LintReport(diagnostics=list(diagnostics))
+    typer.echo("\n".join(as_text(report).splitlines()[:-1]), err=True)
