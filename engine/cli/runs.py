@@ -84,8 +84,11 @@ def checked_flow(project: Project, reference: str) -> CheckedFlow:
     return result.checked
 
 
-def parse_inputs(pairs: list[str], file: Path | None) -> dict[str, Any]:
-    """``--inputs FILE.json`` then each ``--input key=value`` (JSON when it parses)."""
+def parse_inputs(
+    pairs: list[str], file: Path | None, strings: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """``--inputs FILE.json`` then each ``--input key=value``: JSON when it parses, except
+    for inputs declared as strings (``strings``), which take the text as it is."""
     values: dict[str, Any] = {}
     if file is not None:
         try:
@@ -99,6 +102,9 @@ def parse_inputs(pairs: list[str], file: Path | None) -> dict[str, Any]:
         key, separator, text = pair.partition("=")
         if not separator or not key:
             raise fail(f"--input {pair!r}: expected key=value")
+        if key in strings:
+            values[key] = text
+            continue
         try:
             values[key] = json.loads(text)
         except ValueError:
@@ -130,7 +136,8 @@ def run(
     """Launch a run and follow it (exit 0 completed, 1 failed, 2 invalid, 3 cancelled)."""
     project = open_project()
     checked = checked_flow(project, flow)
-    values = parse_inputs(input_ or [], inputs)
+    strings = frozenset(k for k, spec in checked.flow.inputs.items() if spec.type == "string")
+    values = parse_inputs(input_ or [], inputs, strings)
     if dry:
         try:
             typer.echo(dry_run(checked, values, band, model or project.settings.model))
