@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from engine import calls
 from engine.config import Project
@@ -96,14 +98,19 @@ def load_prompt_files(flow: Flow, flow_path: Path, report: Reporter) -> dict[int
 
 def check_calls(flow: Flow, project: Project, report: Reporter) -> None:
     """FR011: each code step's `call` resolves safely and accepts ctx plus the `with` keys."""
+    resolved: dict[str, Callable[..., Any] | calls.CallError] = {}
     for index, step in enumerate(flow.steps):
         if not isinstance(step, CodeStep):
             continue
-        try:
-            function = calls.resolve(step.call, project.code_roots)
-        except calls.CallError as exc:
-            message = f"cannot resolve '{step.call}': {exc}"
-            if isinstance(exc, calls.NotInRoots):
+        if step.call not in resolved:
+            try:
+                resolved[step.call] = calls.resolve(step.call, project.code_roots)
+            except calls.CallError as exc:
+                resolved[step.call] = exc
+        function = resolved[step.call]
+        if isinstance(function, calls.CallError):
+            message = f"cannot resolve '{step.call}': {function}"
+            if isinstance(function, calls.NotInRoots):
                 message += f" ({', '.join(shown_path(root) for root in project.code_roots)})"
             report.at_value(f"/steps/{index}/call", "FR011", message)
             continue

@@ -11,7 +11,7 @@ import asyncio
 import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from engine import calls
@@ -65,6 +65,7 @@ class Executor:
     threads: ThreadPoolExecutor
     clock: Callable[[], float]
     publish: Publish
+    _functions: dict[str, Callable[..., Any]] = field(default_factory=dict)
 
     async def run(
         self,
@@ -149,12 +150,12 @@ class Executor:
         backend: Backend,
         load: Callable[[list[str]], None],
     ) -> Done:
-        try:
-            function = calls.resolve(step.call, self.project.code_roots)
-        except calls.CallError as exc:
-            raise StepFailed(f"cannot resolve '{step.call}': {exc}") from exc
+        function = self._resolve(step.call)
         params = self.renderer.render_value(step.with_, names, f"step '{step.id}' with")
-        recorded = latest_calls(await self.store.agent_calls(claim.run_id, step.id), claim.attempt)
+        recorded = {}
+        if claim.attempt > 1:  # only an earlier attempt can have left dispatches behind
+            calls_made = await self.store.agent_calls(claim.run_id, step.id)
+            recorded = latest_calls(calls_made, claim.attempt)
         loop = asyncio.get_running_loop()
         dispatcher = Dispatcher(
             self.store,
@@ -187,6 +188,17 @@ class Executor:
         except Exception as exc:  # the step's own code raised: its error, one line
             raise AttemptFailed(f"{type(exc).__name__}: {exc}") from exc
         return Done(_code_result(value))
+
+    def _resolve(self, call: str) -> Callable[..., Any]:
+        """The function a call names, resolved once per worker (modules load once anyway)."""
+        function = self._functions.get(call)
+        if function is None:
+            try:
+                function = calls.resolve(call, self.project.code_roots)
+            except calls.CallError as exc:
+                raise StepFailed(f"cannot resolve '{call}': {exc}") from exc
+            self._functions[call] = function
+        return function
 
     def _gate(self, step: ApprovalStep, names: dict[str, Any]) -> Wait:
         message = (

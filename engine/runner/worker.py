@@ -97,21 +97,25 @@ class Worker:
     ) -> None:
         """Work until stopped, idle (``until_idle``), or ``until()`` says so."""
         heartbeat = asyncio.create_task(self._heartbeat())
-        reaped_at = 0.0
+        reaped_at = swept_at = 0.0
         try:
             while not self.stopping.is_set():
                 now = self.clock()
                 if now - reaped_at >= REAP_SECONDS:
                     await self._reap_dead_owners(now)
                     reaped_at = now
-                await self._finish_runs(now)
-                await self._expire_gates(now)
-                await self._claim(now)
+                if now - swept_at >= self.settings.poll_seconds:
+                    await self._finish_runs(now)
+                    await self._expire_gates(now)
+                    swept_at = now
+                claimed = await self._claim(now)
                 if until is not None and await until():
                     break
-                if until_idle and not self.active and not await self.store.has_work(now):
+                idle = not self.active and not claimed
+                if until_idle and idle and not await self.store.has_work(now):
                     break
-                await self._sleep()
+                if not claimed:
+                    await self._sleep()
         finally:
             await self._shutdown(grace)
             heartbeat.cancel()
@@ -157,7 +161,7 @@ class Worker:
 
     # Claiming and executing
 
-    async def _claim(self, now: float) -> None:
+    async def _claim(self, now: float) -> bool:
         running_agents = sum(claim.kind == "agent" for claim, _ in self.active.values())
         running_others = len(self.active) - running_agents
         capacity = Capacity(
@@ -174,10 +178,11 @@ class Worker:
             )
         except StoreError as exc:
             log.warning("claim failed, will retry: %s", exc)
-            return
+            return False
         for claim in claims:
             task = asyncio.create_task(self._execute(claim))
             self.active[(claim.run_id, claim.step_id)] = (claim, task)
+        return bool(claims)
 
     async def _execute(self, claim: Claim) -> None:
         try:
@@ -213,17 +218,20 @@ class Worker:
     async def _record(self, state: RunState, claim: Claim, outcome: Done | Skip | Wait) -> None:
         now = self.clock()
         dependents = state.plan[claim.step_id].dependents
+        if isinstance(outcome, Wait):
+            await self.store.wait_for_gate(claim, outcome.message, outcome.deadline, now)
+            return
         if isinstance(outcome, Done):
             result = outcome.result
-            if await self.store.complete_step(claim, result, dependents, now):
-                state.views[claim.step_id] = StepView(
-                    "completed", result.output, dict(result.fields), result.data, False
-                )
-        elif isinstance(outcome, Skip):
-            if await self.store.skip_step(claim, outcome.reason, dependents, now):
-                state.views[claim.step_id] = StepView("skipped", "", {}, None, True)
+            settled = await self.store.complete_step(claim, result, dependents, now)
+            view = StepView("completed", result.output, dict(result.fields), result.data, False)
         else:
-            await self.store.wait_for_gate(claim, outcome.message, outcome.deadline, now)
+            settled = await self.store.skip_step(claim, outcome.reason, dependents, now)
+            view = StepView("skipped", "", {}, None, True)
+        if settled is not None:
+            state.views[claim.step_id] = view
+            if settled.unsettled == 0:
+                await self._finish_run(claim.run_id, self.clock())
 
     async def _failed(self, claim: Claim, error: str, retryable: bool) -> None:
         now = self.clock()
@@ -297,18 +305,22 @@ class Worker:
         self.replays[source_run] = ReplayBackend(calls, source_run)
 
     async def _finish_runs(self, now: float) -> None:
+        """Finish runs whose last step settled elsewhere (a gate decided by another process)."""
         for run_id in await self.store.runs_to_finish():
-            if self.run_id is not None and run_id != self.run_id:
-                continue
-            state = await self._state(run_id)
-            records = await self.store.get_steps(run_id)
-            status, report, error = RunStatus.COMPLETED, None, None
-            try:
-                report = self._report(state, records)
-            except RenderError as exc:
-                status, error = RunStatus.FAILED, exc.message
-            await self.store.finish_run(run_id, status, report, error, now)
-            self.states.pop(run_id, None)
+            if self.run_id is None or run_id == self.run_id:
+                await self._finish_run(run_id, now)
+
+    async def _finish_run(self, run_id: str, now: float) -> None:
+        """Render the report of a run whose steps all settled, and mark it finished."""
+        state = await self._state(run_id)
+        records = await self.store.get_steps(run_id)
+        status, report, error = RunStatus.COMPLETED, None, None
+        try:
+            report = self._report(state, records)
+        except RenderError as exc:
+            status, error = RunStatus.FAILED, exc.message
+        await self.store.finish_run(run_id, status, report, error, now)
+        self.states.pop(run_id, None)
 
     def _report(self, state: RunState, records: list[StepRecord]) -> str:
         flow = state.compiled.flow

@@ -114,6 +114,13 @@ class StepResult:
 
 
 @dataclass(frozen=True, slots=True)
+class Settled:
+    """A step recorded as settled; ``unsettled`` steps of its run remain."""
+
+    unsettled: int
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     """An approval or rejection of a gate, by ``by``."""
 
@@ -248,13 +255,13 @@ class Store(ABC):
     @abstractmethod
     async def complete_step(
         self, claim: Claim, result: StepResult, dependents: Sequence[str], now: float
-    ) -> bool:
-        """Record a result; False (and a ``stale_result_refused`` event) if the lease is lost."""
+    ) -> Settled | None:
+        """Record a result; None (and a ``stale_result_refused`` event) if the lease is lost."""
 
     @abstractmethod
     async def skip_step(
         self, claim: Claim, reason: str, dependents: Sequence[str], now: float
-    ) -> bool: ...
+    ) -> Settled | None: ...
 
     @abstractmethod
     async def fail_attempt(

@@ -1,8 +1,10 @@
 """The embedded store: one SQLite file (WAL, busy timeout), zero set-up.
 
 SQLite has one writer at a time, which is what serializes advancing a run
-across processes. In one process, transactions on the shared connection are
-serialized by a lock. Every method below is one ``BEGIN IMMEDIATE`` transaction.
+across processes. Each store operation is one transaction, run whole as one
+call on the store's own thread (``BEGIN IMMEDIATE`` ... ``COMMIT``): a thread
+hop per transaction rather than per statement, which is what keeps the cost
+of a persisted step well under a millisecond (see bench/overhead.py).
 """
 
 from __future__ import annotations
@@ -11,12 +13,10 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
-
-import aiosqlite
+from typing import Any, TypeVar
 
 from engine.core.decisions import GiveUp, after_lost_lease
 from engine.core.plan import RunStatus, StepStatus
@@ -30,6 +30,7 @@ from engine.store.base import (
     NewRun,
     NotFound,
     RunRecord,
+    Settled,
     StepRecord,
     StepResult,
     Store,
@@ -38,7 +39,8 @@ from engine.store.base import (
 from engine.store.queries import load_migrations, load_queries
 
 Q = load_queries("sqlite")
-
+T = TypeVar("T")
+Db = sqlite3.Connection
 EventRow = tuple[str | None, str, Mapping[str, Any]]
 
 
@@ -100,6 +102,21 @@ def _step(row: sqlite3.Row) -> StepRecord:
     )
 
 
+def _call(row: sqlite3.Row) -> AgentCall:
+    return AgentCall(
+        row["run_id"],
+        row["step_id"],
+        row["attempt"],
+        row["sequence"],
+        row["persona"],
+        row["prompt"],
+        row["output"],
+        row["backend"],
+        bool(row["scripted"]),
+        row["at"],
+    )
+
+
 def _fence(claim: Claim) -> dict[str, Any]:
     return {
         "run_id": claim.run_id,
@@ -109,124 +126,151 @@ def _fence(claim: Claim) -> dict[str, Any]:
     }
 
 
+def _events(db: Db, run_id: str, rows: Sequence[EventRow], now: float) -> None:
+    """Append events with the run's next ids, in the caller's transaction."""
+    if not rows:
+        return
+    params = {"run_id": run_id, "count": len(rows), "now": now}
+    last = db.execute(Q["next_event_ids"], params).fetchone()[0]
+    first = last - len(rows) + 1
+    db.executemany(
+        Q["insert_event"],
+        [
+            {
+                "run_id": run_id,
+                "id": first + offset,
+                "step_id": step_id,
+                "event": event,
+                "payload": _json(dict(payload)),
+                "at": now,
+            }
+            for offset, (step_id, event, payload) in enumerate(rows)
+        ],
+    )
+
+
+def _refuse_stale(db: Db, claim: Claim, now: float) -> None:
+    payload = {"worker": claim.worker, "attempt": claim.attempt}
+    _events(db, claim.run_id, [(claim.step_id, "stale_result_refused", payload)], now)
+
+
+def _settle(db: Db, run_id: str, dependents: Sequence[str], now: float) -> Settled:
+    """One step settled: its dependents wait on one step fewer, and so does its run."""
+    db.executemany(Q["settle_dependent"], [{"run_id": run_id, "step_id": d} for d in dependents])
+    return Settled(db.execute(Q["settle_run"], {"run_id": run_id, "now": now}).fetchone()[0])
+
+
+def _end(db: Db, run_id: str, status: RunStatus, error: str | None, now: float) -> None:
+    """End a run: every step not finished is cancelled."""
+    live = [row[0] for row in db.execute(Q["live_steps"], {"run_id": run_id})]
+    db.execute(Q["cancel_live_steps"], {"run_id": run_id, "now": now})
+    db.execute(
+        Q["end_run"],
+        {"run_id": run_id, "status": str(status), "error": error, "report": None, "now": now},
+    )
+    rows: list[EventRow] = [(step, "step_cancelled", {}) for step in live]
+    rows.append((None, f"run_{status}", {"error": error} if error else {}))
+    _events(db, run_id, rows, now)
+
+
+def _fail(db: Db, fence: Mapping[str, Any], status: str, error: str, now: float) -> bool:
+    """Fail a step, then its run. False when the fence no longer holds."""
+    params = {**fence, "status": status, "error": error, "now": now}
+    if not db.execute(Q["fail_step"], params).rowcount:
+        return False
+    run_id, step_id = fence["run_id"], fence["step_id"]
+    _events(db, run_id, [(step_id, "step_failed", {"error": error})], now)
+    _end(db, run_id, RunStatus.FAILED, f"step '{step_id}' failed: {error}", now)
+    return True
+
+
 class SqliteStore(Store):
     """The SQLite implementation of :class:`Store`."""
 
     def __init__(self, path: Path, busy_timeout: float = 30.0) -> None:
         self.path = path
         self.busy_timeout = busy_timeout
-        self._db: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()
+        self._db: Db | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fr-sqlite")
 
-    @property
-    def db(self) -> aiosqlite.Connection:
-        if self._db is None:
+    async def _call(self, body: Callable[[Db], T], *, write: bool = True) -> T:
+        """Run ``body`` on the store's thread, as one transaction when it writes."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._transaction, body, write)
+
+    def _transaction(self, body: Callable[[Db], T], write: bool) -> T:
+        db = self._db
+        if db is None:
             raise StoreError("the store is not open")
-        return self._db
+        try:
+            if not write:
+                return body(db)
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = body(db)
+            except BaseException:
+                db.rollback()
+                raise
+            db.commit()
+            return result
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite store {self.path}: {exc}") from exc
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+
+        def connect() -> None:
+            db = sqlite3.connect(self.path, isolation_level=None, timeout=self.busy_timeout)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("PRAGMA foreign_keys=ON")
+            self._db = db
+
+        loop = asyncio.get_running_loop()
         try:
-            self._db = await aiosqlite.connect(
-                self.path, isolation_level=None, timeout=self.busy_timeout
-            )
-            self._db.row_factory = sqlite3.Row
-            await self._db.execute("PRAGMA journal_mode=WAL")
-            await self._db.execute("PRAGMA synchronous=NORMAL")
-            await self._db.execute("PRAGMA foreign_keys=ON")
-            await self._migrate()
+            await loop.run_in_executor(self._thread, connect)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the SQLite store {self.path}: {exc}") from exc
+        await self._call(self._migrate)
 
     async def close(self) -> None:
         if self._db is not None:
-            await self._db.close()
-            self._db = None
-
-    async def _migrate(self) -> None:
-        async with self._tx() as db:
-            await db.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations "
-                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
-            )
-            cursor = await db.execute("SELECT coalesce(max(version), 0) FROM schema_migrations")
-            row = await cursor.fetchone()
-            current = row[0] if row else 0
-            for migration in load_migrations("sqlite"):
-                if migration.version > current:
-                    for statement in _statements(migration.sql):
-                        await db.execute(statement)
-                    await db.execute(
-                        "INSERT INTO schema_migrations VALUES (?, ?, ?)",
-                        (migration.version, migration.name, time.time()),
-                    )
-
-    @asynccontextmanager
-    async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
-        async with self._lock:
-            db = self.db
-            try:
-                await db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise StoreError(f"SQLite store busy or unavailable: {exc}") from exc
-            try:
-                yield db
-            except BaseException:
-                await db.rollback()
-                raise
-            else:
-                try:
-                    await db.commit()
-                except sqlite3.Error as exc:
-                    raise StoreError(f"SQLite commit failed: {exc}") from exc
-
-    async def _read(self, query: str, params: Mapping[str, Any]) -> list[sqlite3.Row]:
-        async with self._lock:
-            try:
-                cursor = await self.db.execute(Q[query], params)
-                return list(await cursor.fetchall())
-            except sqlite3.Error as exc:
-                raise StoreError(f"SQLite read failed: {exc}") from exc
+            db, self._db = self._db, None
+            await asyncio.get_running_loop().run_in_executor(self._thread, db.close)
+        self._thread.shutdown(wait=False)
 
     @staticmethod
-    async def _events(
-        db: aiosqlite.Connection, run_id: str, rows: Sequence[EventRow], now: float
-    ) -> None:
-        if not rows:
-            return
-        cursor = await db.execute(
-            Q["next_event_ids"], {"run_id": run_id, "count": len(rows), "now": now}
+    def _migrate(db: Db) -> None:
+        db.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
         )
-        last = (await cursor.fetchone())[0]  # type: ignore[index]
-        first = last - len(rows) + 1
-        await db.executemany(
-            Q["insert_event"],
-            [
-                {
-                    "run_id": run_id,
-                    "id": first + offset,
-                    "step_id": step_id,
-                    "event": event,
-                    "payload": _json(dict(payload)),
-                    "at": now,
-                }
-                for offset, (step_id, event, payload) in enumerate(rows)
-            ],
-        )
+        current = db.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+        for migration in load_migrations("sqlite"):
+            if migration.version > current[0]:
+                for statement in _statements(migration.sql):
+                    db.execute(statement)
+                db.execute(
+                    "INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                    (migration.version, migration.name, time.time()),
+                )
+
+    async def _read(self, query: str, params: Mapping[str, Any]) -> list[sqlite3.Row]:
+        return await self._call(lambda db: db.execute(Q[query], params).fetchall(), write=False)
 
     # Runs
 
     async def create_run(self, run: NewRun, now: float) -> tuple[str, bool]:
-        async with self._tx() as db:
+        def body(db: Db) -> tuple[str, bool]:
             if run.idempotency_key is not None:
-                cursor = await db.execute(Q["run_by_key"], {"key": run.idempotency_key})
-                existing = await cursor.fetchone()
+                existing = db.execute(Q["run_by_key"], {"key": run.idempotency_key}).fetchone()
                 if existing is not None:
                     if existing["request_hash"] != run.request_hash:
                         raise Conflict("this Idempotency-Key was used with another request body")
                     return existing["id"], False
             unsettled = sum(step.status is StepStatus.PENDING for step in run.steps)
-            await db.execute(
+            db.execute(
                 Q["insert_run"],
                 {
                     "id": run.id,
@@ -245,7 +289,7 @@ class SqliteStore(Store):
                     "now": now,
                 },
             )
-            await db.executemany(
+            db.executemany(
                 Q["insert_step"],
                 [
                     {
@@ -260,17 +304,14 @@ class SqliteStore(Store):
                     for step in run.steps
                 ],
             )
+            started = {"flow": run.flow, "band": run.band, "model": run.model}
             excluded = [s.id for s in run.steps if s.status is StepStatus.EXCLUDED]
-            await self._events(
-                db,
-                run.id,
-                [
-                    (None, "run_started", {"flow": run.flow, "band": run.band, "model": run.model}),
-                    *((step, "step_excluded", {"band": run.band}) for step in excluded),
-                ],
-                now,
-            )
+            rows: list[EventRow] = [(None, "run_started", started)]
+            rows += [(step, "step_excluded", {"band": run.band}) for step in excluded]
+            _events(db, run.id, rows, now)
             return run.id, True
+
+        return await self._call(body)
 
     async def get_run(self, run_id: str) -> RunRecord:
         rows = await self._read("get_run", {"id": run_id})
@@ -299,44 +340,34 @@ class SqliteStore(Store):
             Q["get_run"].split(" WHERE ")[0]
             + f" {where} ORDER BY created_at DESC, id DESC LIMIT :limit"
         )
-        async with self._lock:
-            cursor = await self.db.execute(query, {**params, "limit": limit})
-            return [_run(row) for row in await cursor.fetchall()]
+        rows = await self._call(
+            lambda db: db.execute(query, {**params, "limit": limit}).fetchall(), write=False
+        )
+        return [_run(row) for row in rows]
 
     async def get_steps(
         self, run_id: str, step_ids: Sequence[str] | None = None
     ) -> list[StepRecord]:
         if step_ids is None:
             return [_step(row) for row in await self._read("get_steps", {"run_id": run_id})]
-        found: list[StepRecord] = []
         wanted = list(dict.fromkeys(step_ids))
-        async with self._lock:
+
+        def body(db: Db) -> list[sqlite3.Row]:
+            rows: list[sqlite3.Row] = []
             for start in range(0, len(wanted), 500):  # SQLite's limit on bound parameters
                 chunk = wanted[start : start + 500]
                 query = Q["get_some_steps"].format(ids=", ".join("?" * len(chunk)))
-                cursor = await self.db.execute(query, [run_id, *chunk])
-                found.extend(_step(row) for row in await cursor.fetchall())
-        return sorted(found, key=lambda step: step.position)
+                rows.extend(db.execute(query, [run_id, *chunk]))
+            return rows
 
-    async def lease_owners(self) -> list[str]:
-        return [row[0] for row in await self._read("lease_owners", {})]
-
-    async def expire_leases(self, owner: str, now: float) -> None:
-        async with self._tx() as db:
-            await db.execute(Q["expire_leases"], {"owner": owner})
+        rows = await self._call(body, write=False)
+        return sorted((_step(row) for row in rows), key=lambda step: step.position)
 
     async def events(self, run_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
         rows = await self._read("events", {"run_id": run_id, "after": after, "limit": limit})
         return [
-            Event(
-                row["run_id"],
-                row["id"],
-                row["step_id"],
-                row["event"],
-                json.loads(row["payload"]),
-                row["at"],
-            )
-            for row in rows
+            Event(r["run_id"], r["id"], r["step_id"], r["event"], json.loads(r["payload"]), r["at"])
+            for r in rows
         ]
 
     # Scheduling
@@ -352,23 +383,21 @@ class SqliteStore(Store):
     ) -> list[Claim]:
         if capacity.agents <= 0 and capacity.others <= 0:
             return []
-        limit = capacity.agents + capacity.others
-        async with self._tx() as db:
-            rows: list[sqlite3.Row] = []
-            for query in ("claimable_expired", "claimable_ready"):
-                params = {"now": now, "limit": limit, "run_id": run_id}
-                cursor = await db.execute(Q[query], params)
-                rows.extend(await cursor.fetchall())
+
+        def body(db: Db) -> list[Claim]:
+            params = {"now": now, "limit": capacity.agents + capacity.others, "run_id": run_id}
+            rows = db.execute(Q["claimable_expired"], params).fetchall()
+            rows += db.execute(Q["claimable_ready"], params).fetchall()
             agents, others = capacity.agents, capacity.others
             running: dict[str, int] = {}
             claims = []
             for row in rows:
                 if row["agent"]:
-                    if agents <= 0 or not await self._run_has_room(db, row, running):
+                    if agents <= 0 or not _run_has_room(db, row, running):
                         continue
                 elif others <= 0:
                     continue
-                claim = await self._take(db, row, worker, now, lease, max_crashes)
+                claim = _take(db, row, worker, now, lease, max_crashes)
                 if claim is None:
                     continue
                 claims.append(claim)
@@ -379,230 +408,107 @@ class SqliteStore(Store):
                     others -= 1
             return claims
 
-    @staticmethod
-    async def _run_has_room(
-        db: aiosqlite.Connection, row: sqlite3.Row, running: dict[str, int]
-    ) -> bool:
-        run_id = row["run_id"]
-        if run_id not in running:
-            cursor = await db.execute(Q["running_agents"], {"run_id": run_id})
-            running[run_id] = (await cursor.fetchone())[0]  # type: ignore[index]
-        cap = row["max_parallel"]
-        return cap is None or running[run_id] < cap
+        return await self._call(body)
 
-    async def _take(
-        self,
-        db: aiosqlite.Connection,
-        row: sqlite3.Row,
-        worker: str,
-        now: float,
-        lease: float,
-        max_crashes: int,
-    ) -> Claim | None:
-        run_id, step_id = row["run_id"], row["step_id"]
-        crashes = row["crashes"]
-        events: list[EventRow] = []
-        if row["status"] == "running":  # its worker stopped heartbeating
-            crashes += 1
-            events.append(
-                (
-                    step_id,
-                    "lease_expired",
-                    {"owner": row["lease_owner"], "attempt": row["attempts"]},
-                )
-            )
-            decision = after_lost_lease(crashes, max_crashes)
-            if isinstance(decision, GiveUp):
-                await db.execute(
-                    "UPDATE steps SET crashes = ? WHERE run_id = ? AND step_id = ?",
-                    (crashes, run_id, step_id),
-                )
-                await self._events(db, run_id, events, now)
-                fence = {
-                    "run_id": run_id,
-                    "step_id": step_id,
-                    "worker": row["lease_owner"],
-                    "attempt": row["attempts"],
-                }
-                await self._fail(db, fence, "running", decision.reason, now)
-                return None
-        attempt = row["attempts"] + 1
-        await db.execute(
-            Q["take_step"],
-            {
-                "run_id": run_id,
-                "step_id": step_id,
-                "attempt": attempt,
-                "crashes": crashes,
-                "worker": worker,
-                "expires": now + lease,
-                "now": now,
-            },
-        )
-        events.append((step_id, "step_started", {"attempt": attempt, "worker": worker}))
-        await self._events(db, run_id, events, now)
-        return Claim(run_id, step_id, row["kind"], attempt, row["failures"], worker)
+    async def lease_owners(self) -> list[str]:
+        return [row[0] for row in await self._read("lease_owners", {})]
+
+    async def expire_leases(self, owner: str, now: float) -> None:
+        await self._call(lambda db: db.execute(Q["expire_leases"], {"owner": owner}))
 
     async def heartbeat(
         self, worker: str, claims: Sequence[Claim], now: float, lease: float
     ) -> set[tuple[str, str]]:
-        held: set[tuple[str, str]] = set()
         if not claims:
-            return held
-        async with self._tx() as db:
+            return set()
+
+        def body(db: Db) -> set[tuple[str, str]]:
+            held = set()
             for claim in claims:
-                cursor = await db.execute(
-                    Q["extend_lease"], {**_fence(claim), "expires": now + lease}
-                )
-                if cursor.rowcount:
+                params = {**_fence(claim), "expires": now + lease}
+                if db.execute(Q["extend_lease"], params).rowcount:
                     held.add((claim.run_id, claim.step_id))
-        return held
+            return held
 
-    async def _settle(
-        self,
-        db: aiosqlite.Connection,
-        run_id: str,
-        dependents: Iterable[str],
-        now: float,
-    ) -> None:
-        await db.executemany(
-            Q["settle_dependent"], [{"run_id": run_id, "step_id": d} for d in dependents]
-        )
-        await db.execute(Q["settle_run"], {"run_id": run_id, "now": now})
-
-    async def _refuse_stale(self, db: aiosqlite.Connection, claim: Claim, now: float) -> None:
-        await self._events(
-            db,
-            claim.run_id,
-            [
-                (
-                    claim.step_id,
-                    "stale_result_refused",
-                    {"worker": claim.worker, "attempt": claim.attempt},
-                )
-            ],
-            now,
-        )
+        return await self._call(body)
 
     async def complete_step(
         self, claim: Claim, result: StepResult, dependents: Sequence[str], now: float
-    ) -> bool:
-        async with self._tx() as db:
-            cursor = await db.execute(
-                Q["complete_step"],
-                {
-                    **_fence(claim),
-                    "output": result.output,
-                    "fields": _json(dict(result.fields)),
-                    "data": _json(result.data) if result.data is not None else None,
-                    "input": result.input,
-                    "scripted": int(result.scripted),
-                    "now": now,
-                },
-            )
-            if not cursor.rowcount:
-                await self._refuse_stale(db, claim, now)
-                return False
-            await self._settle(db, claim.run_id, dependents, now)
+    ) -> Settled | None:
+        params = {
+            **_fence(claim),
+            "output": result.output,
+            "fields": _json(dict(result.fields)),
+            "data": _json(result.data) if result.data is not None else None,
+            "input": result.input,
+            "scripted": int(result.scripted),
+            "now": now,
+        }
+
+        def body(db: Db) -> Settled | None:
+            if not db.execute(Q["complete_step"], params).rowcount:
+                _refuse_stale(db, claim, now)
+                return None
+            settled = _settle(db, claim.run_id, dependents, now)
             payload = {"attempt": claim.attempt, "scripted": result.scripted}
-            await self._events(db, claim.run_id, [(claim.step_id, "step_completed", payload)], now)
-            return True
+            _events(db, claim.run_id, [(claim.step_id, "step_completed", payload)], now)
+            return settled
+
+        return await self._call(body)
 
     async def skip_step(
         self, claim: Claim, reason: str, dependents: Sequence[str], now: float
-    ) -> bool:
-        async with self._tx() as db:
-            cursor = await db.execute(Q["skip_step"], {**_fence(claim), "now": now})
-            if not cursor.rowcount:
-                await self._refuse_stale(db, claim, now)
-                return False
-            await self._settle(db, claim.run_id, dependents, now)
-            await self._events(
-                db, claim.run_id, [(claim.step_id, "step_skipped", {"reason": reason})], now
-            )
-            return True
+    ) -> Settled | None:
+        def body(db: Db) -> Settled | None:
+            if not db.execute(Q["skip_step"], {**_fence(claim), "now": now}).rowcount:
+                _refuse_stale(db, claim, now)
+                return None
+            settled = _settle(db, claim.run_id, dependents, now)
+            _events(db, claim.run_id, [(claim.step_id, "step_skipped", {"reason": reason})], now)
+            return settled
+
+        return await self._call(body)
 
     async def fail_attempt(
         self, claim: Claim, error: str, retry_at: float | None, now: float
     ) -> bool:
-        async with self._tx() as db:
-            if retry_at is not None:
-                cursor = await db.execute(
-                    Q["retry_step"], {**_fence(claim), "ready_at": retry_at, "error": error}
-                )
-                if not cursor.rowcount:
-                    await self._refuse_stale(db, claim, now)
-                    return False
-                payload = {"attempt": claim.attempt, "error": error, "retry_at": retry_at}
-                await self._events(
-                    db, claim.run_id, [(claim.step_id, "step_retrying", payload)], now
-                )
-                return True
-            if not await self._fail(db, _fence(claim), "running", error, now):
-                await self._refuse_stale(db, claim, now)
+        def body(db: Db) -> bool:
+            if retry_at is None:
+                if _fail(db, _fence(claim), "running", error, now):
+                    return True
+                _refuse_stale(db, claim, now)
                 return False
+            params = {**_fence(claim), "ready_at": retry_at, "error": error}
+            if not db.execute(Q["retry_step"], params).rowcount:
+                _refuse_stale(db, claim, now)
+                return False
+            payload = {"attempt": claim.attempt, "error": error, "retry_at": retry_at}
+            _events(db, claim.run_id, [(claim.step_id, "step_retrying", payload)], now)
             return True
 
-    async def _fail(
-        self,
-        db: aiosqlite.Connection,
-        fence: Mapping[str, Any],
-        status: str,
-        error: str,
-        now: float,
-    ) -> bool:
-        """Fail a step, then its run, cancelling every step not yet finished."""
-        cursor = await db.execute(
-            Q["fail_step"], {**fence, "status": status, "error": error, "now": now}
-        )
-        if not cursor.rowcount:
-            return False
-        run_id, step_id = fence["run_id"], fence["step_id"]
-        await self._events(db, run_id, [(step_id, "step_failed", {"error": error})], now)
-        await self._end(db, run_id, RunStatus.FAILED, f"step '{step_id}' failed: {error}", now)
-        return True
-
-    async def _end(
-        self,
-        db: aiosqlite.Connection,
-        run_id: str,
-        status: RunStatus,
-        error: str | None,
-        now: float,
-    ) -> None:
-        cursor = await db.execute(Q["live_steps"], {"run_id": run_id})
-        live = [row[0] for row in await cursor.fetchall()]
-        await db.execute(Q["cancel_live_steps"], {"run_id": run_id, "now": now})
-        await db.execute(
-            Q["end_run"],
-            {"run_id": run_id, "status": str(status), "error": error, "report": None, "now": now},
-        )
-        rows: list[EventRow] = [(step, "step_cancelled", {}) for step in live]
-        rows.append((None, f"run_{status}", {"error": error} if error else {}))
-        await self._events(db, run_id, rows, now)
+        return await self._call(body)
 
     async def release(self, claims: Sequence[Claim], now: float) -> None:
-        async with self._tx() as db:
+        def body(db: Db) -> None:
             for claim in claims:
-                cursor = await db.execute(Q["release_step"], _fence(claim))
-                if cursor.rowcount:
-                    await self._events(
-                        db, claim.run_id, [(claim.step_id, "step_released", {})], now
-                    )
+                if db.execute(Q["release_step"], _fence(claim)).rowcount:
+                    _events(db, claim.run_id, [(claim.step_id, "step_released", {})], now)
+
+        await self._call(body)
 
     async def wait_for_gate(
         self, claim: Claim, message: str, deadline: float | None, now: float
     ) -> bool:
-        async with self._tx() as db:
-            cursor = await db.execute(
-                Q["wait_step"], {**_fence(claim), "message": message, "deadline": deadline}
-            )
-            if not cursor.rowcount:
-                await self._refuse_stale(db, claim, now)
+        def body(db: Db) -> bool:
+            params = {**_fence(claim), "message": message, "deadline": deadline}
+            if not db.execute(Q["wait_step"], params).rowcount:
+                _refuse_stale(db, claim, now)
                 return False
             payload = {"message": message, "deadline": deadline}
-            await self._events(db, claim.run_id, [(claim.step_id, "step_waiting", payload)], now)
+            _events(db, claim.run_id, [(claim.step_id, "step_waiting", payload)], now)
             return True
+
+        return await self._call(body)
 
     async def decide_gate(
         self,
@@ -621,103 +527,90 @@ class SqliteStore(Store):
             "at": now,
             "timed_out": decision.timed_out,
         }
-        decided = (
-            step_id,
-            "gate_decided",
-            {k: data[k] for k in ("approved", "by", "comment", "timed_out")},
-        )
-        async with self._tx() as db:
-            params = {
-                "run_id": run_id,
-                "step_id": step_id,
-                "output": decision.comment,
-                "data": _json(data),
-                "now": now,
-            }
-            if settle:
-                cursor = await db.execute(Q["decide_complete"], params)
-            else:
-                error = "rejected" + (f": {decision.comment}" if decision.comment else "")
-                cursor = await db.execute(Q["decide_fail"], {**params, "error": error})
-            if not cursor.rowcount:
-                await self._gate_conflict(db, run_id, step_id)
-            if settle:
-                await self._settle(db, run_id, dependents, now)
-                await self._events(
-                    db, run_id, [decided, (step_id, "step_completed", {"gate": True})], now
-                )
-            else:
-                await self._events(
-                    db, run_id, [decided, (step_id, "step_failed", {"error": error})], now
-                )
-                await self._end(db, run_id, RunStatus.FAILED, f"step '{step_id}' {error}", now)
-            cursor = await db.execute(Q["get_steps"], {"run_id": run_id})
-            return next(_step(row) for row in await cursor.fetchall() if row["step_id"] == step_id)
+        summary = {k: data[k] for k in ("approved", "by", "comment", "timed_out")}
+        params = {
+            "run_id": run_id,
+            "step_id": step_id,
+            "output": decision.comment,
+            "data": _json(data),
+            "now": now,
+        }
+        error = "rejected" + (f": {decision.comment}" if decision.comment else "")
 
-    @staticmethod
-    async def _gate_conflict(db: aiosqlite.Connection, run_id: str, step_id: str) -> None:
-        cursor = await db.execute(Q["step_status"], {"run_id": run_id, "step_id": step_id})
-        row = await cursor.fetchone()
-        if row is None:
-            raise NotFound(f"no step '{step_id}' in run '{run_id}'")
-        raise Conflict(f"step '{step_id}' is {row[0]}, not waiting for a decision")
+        def body(db: Db) -> StepRecord:
+            if settle:
+                changed = db.execute(Q["decide_complete"], params).rowcount
+            else:
+                changed = db.execute(Q["decide_fail"], {**params, "error": error}).rowcount
+            if not changed:
+                _gate_conflict(db, run_id, step_id)
+            decided: EventRow = (step_id, "gate_decided", summary)
+            if settle:
+                _settle(db, run_id, dependents, now)
+                _events(db, run_id, [decided, (step_id, "step_completed", {"gate": True})], now)
+            else:
+                _events(db, run_id, [decided, (step_id, "step_failed", {"error": error})], now)
+                _end(db, run_id, RunStatus.FAILED, f"step '{step_id}' {error}", now)
+            query = Q["get_some_steps"].format(ids="?")
+            return _step(db.execute(query, [run_id, step_id]).fetchone())
+
+        return await self._call(body)
 
     async def expired_gates(self, now: float) -> list[tuple[str, str]]:
         rows = await self._read("expired_gates", {"now": now})
         return [(row["run_id"], row["step_id"]) for row in rows]
 
     async def cancel_run(self, run_id: str, now: float) -> RunRecord:
-        async with self._tx() as db:
-            cursor = await db.execute(Q["get_run"], {"id": run_id})
-            row = await cursor.fetchone()
+        def body(db: Db) -> RunRecord:
+            row = db.execute(Q["get_run"], {"id": run_id}).fetchone()
             if row is None:
                 raise NotFound(f"no run '{run_id}'")
             if row["status"] != "running":
                 raise Conflict(f"run '{run_id}' is {row['status']}, not running")
-            await self._end(db, run_id, RunStatus.CANCELLED, None, now)
-        return await self.get_run(run_id)
+            _end(db, run_id, RunStatus.CANCELLED, None, now)
+            return _run(db.execute(Q["get_run"], {"id": run_id}).fetchone())
+
+        return await self._call(body)
 
     async def retry_run(self, run_id: str, resets: Mapping[str, int], now: float) -> RunRecord:
-        async with self._tx() as db:
-            cursor = await db.execute(
-                Q["reopen_run"], {"run_id": run_id, "unsettled": len(resets), "now": now}
-            )
-            if not cursor.rowcount:
-                cursor = await db.execute(Q["get_run"], {"id": run_id})
-                row = await cursor.fetchone()
+        def body(db: Db) -> RunRecord:
+            params = {"run_id": run_id, "unsettled": len(resets), "now": now}
+            if not db.execute(Q["reopen_run"], params).rowcount:
+                row = db.execute(Q["get_run"], {"id": run_id}).fetchone()
                 if row is None:
                     raise NotFound(f"no run '{run_id}'")
                 raise Conflict(
                     f"run '{run_id}' is {row['status']}: "
                     "only failed or cancelled runs can be retried"
                 )
-            await db.executemany(
+            db.executemany(
                 Q["reset_step"],
                 [{"run_id": run_id, "step_id": s, "waiting_on": w} for s, w in resets.items()],
             )
-            await self._events(db, run_id, [(None, "run_retried", {"steps": list(resets)})], now)
-        return await self.get_run(run_id)
+            _events(db, run_id, [(None, "run_retried", {"steps": list(resets)})], now)
+            return _run(db.execute(Q["get_run"], {"id": run_id}).fetchone())
+
+        return await self._call(body)
 
     async def finish_run(
         self, run_id: str, status: RunStatus, report: str | None, error: str | None, now: float
     ) -> bool:
-        async with self._tx() as db:
-            cursor = await db.execute(
-                Q["finish_run"],
-                {
-                    "run_id": run_id,
-                    "status": str(status),
-                    "report": report,
-                    "error": error,
-                    "now": now,
-                },
-            )
-            if not cursor.rowcount:
+        params = {
+            "run_id": run_id,
+            "status": str(status),
+            "report": report,
+            "error": error,
+            "now": now,
+        }
+
+        def body(db: Db) -> bool:
+            if not db.execute(Q["finish_run"], params).rowcount:
                 return False
-            await self._events(
-                db, run_id, [(None, f"run_{status}", {"error": error} if error else {})], now
-            )
+            payload = {"error": error} if error else {}
+            _events(db, run_id, [(None, f"run_{status}", payload)], now)
             return True
+
+        return await self._call(body)
 
     async def runs_to_finish(self) -> list[str]:
         return [row["id"] for row in await self._read("runs_to_finish", {})]
@@ -734,46 +627,87 @@ class SqliteStore(Store):
     # Agent calls and notes
 
     async def record_agent_call(self, call: AgentCall) -> None:
-        async with self._tx() as db:
-            await db.execute(
-                Q["record_agent_call"],
-                {
-                    "run_id": call.run_id,
-                    "step_id": call.step_id,
-                    "attempt": call.attempt,
-                    "sequence": call.sequence,
-                    "persona": call.persona,
-                    "prompt": call.prompt,
-                    "output": call.output,
-                    "backend": call.backend,
-                    "scripted": int(call.scripted),
-                    "at": call.at,
-                },
-            )
+        params = {
+            "run_id": call.run_id,
+            "step_id": call.step_id,
+            "attempt": call.attempt,
+            "sequence": call.sequence,
+            "persona": call.persona,
+            "prompt": call.prompt,
+            "output": call.output,
+            "backend": call.backend,
+            "scripted": int(call.scripted),
+            "at": call.at,
+        }
+        await self._call(lambda db: db.execute(Q["record_agent_call"], params))
 
     async def agent_calls(self, run_id: str, step_id: str | None = None) -> list[AgentCall]:
         rows = await self._read("agent_calls", {"run_id": run_id, "step_id": step_id})
-        return [
-            AgentCall(
-                row["run_id"],
-                row["step_id"],
-                row["attempt"],
-                row["sequence"],
-                row["persona"],
-                row["prompt"],
-                row["output"],
-                row["backend"],
-                bool(row["scripted"]),
-                row["at"],
-            )
-            for row in rows
-        ]
+        return [_call(row) for row in rows]
 
     async def append_event(
         self, run_id: str, step_id: str | None, event: str, payload: Mapping[str, Any], now: float
     ) -> None:
-        async with self._tx() as db:
-            await self._events(db, run_id, [(step_id, event, payload)], now)
+        await self._call(lambda db: _events(db, run_id, [(step_id, event, payload)], now))
+
+
+def _run_has_room(db: Db, row: sqlite3.Row, running: dict[str, int]) -> bool:
+    run_id = row["run_id"]
+    if run_id not in running:
+        running[run_id] = db.execute(Q["running_agents"], {"run_id": run_id}).fetchone()[0]
+    cap = row["max_parallel"]
+    return cap is None or running[run_id] < cap
+
+
+def _take(
+    db: Db, row: sqlite3.Row, worker: str, now: float, lease: float, max_crashes: int
+) -> Claim | None:
+    """Lease one step to ``worker``; a step taken from a lost worker counts a crash."""
+    run_id, step_id = row["run_id"], row["step_id"]
+    crashes = row["crashes"]
+    events: list[EventRow] = []
+    if row["status"] == "running":  # its worker stopped heartbeating
+        crashes += 1
+        lost = {"owner": row["lease_owner"], "attempt": row["attempts"]}
+        events.append((step_id, "lease_expired", lost))
+        decision = after_lost_lease(crashes, max_crashes)
+        if isinstance(decision, GiveUp):
+            db.execute(
+                "UPDATE steps SET crashes = ? WHERE run_id = ? AND step_id = ?",
+                (crashes, run_id, step_id),
+            )
+            _events(db, run_id, events, now)
+            fence = {
+                "run_id": run_id,
+                "step_id": step_id,
+                "worker": row["lease_owner"],
+                "attempt": row["attempts"],
+            }
+            _fail(db, fence, "running", decision.reason, now)
+            return None
+    attempt = row["attempts"] + 1
+    db.execute(
+        Q["take_step"],
+        {
+            "run_id": run_id,
+            "step_id": step_id,
+            "attempt": attempt,
+            "crashes": crashes,
+            "worker": worker,
+            "expires": now + lease,
+            "now": now,
+        },
+    )
+    events.append((step_id, "step_started", {"attempt": attempt, "worker": worker}))
+    _events(db, run_id, events, now)
+    return Claim(run_id, step_id, row["kind"], attempt, row["failures"], worker)
+
+
+def _gate_conflict(db: Db, run_id: str, step_id: str) -> None:
+    row = db.execute(Q["step_status"], {"run_id": run_id, "step_id": step_id}).fetchone()
+    if row is None:
+        raise NotFound(f"no step '{step_id}' in run '{run_id}'")
+    raise Conflict(f"step '{step_id}' is {row[0]}, not waiting for a decision")
 
 
 def _run_filters(

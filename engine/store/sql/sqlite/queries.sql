@@ -142,7 +142,8 @@ SELECT status FROM steps WHERE run_id = :run_id AND step_id = :step_id;
 UPDATE steps SET waiting_on = waiting_on - 1 WHERE run_id = :run_id AND step_id = :step_id;
 
 -- name: settle_run
-UPDATE runs SET unsettled = unsettled - 1, updated_at = :now WHERE id = :run_id;
+UPDATE runs SET unsettled = unsettled - 1, updated_at = :now WHERE id = :run_id
+RETURNING unsettled;
 
 -- name: live_steps
 SELECT step_id FROM steps
