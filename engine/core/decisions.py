@@ -24,15 +24,18 @@ class InitialStep:
 
 
 def initial_steps(plan: RunPlan) -> list[InitialStep]:
-    """Every step at launch: excluded by band, or pending on its non-excluded needs."""
-    result = []
-    for step in plan.steps.values():
-        if step.excluded:
-            result.append(InitialStep(step.id, StepStatus.EXCLUDED, 0))
-        else:
-            waiting = sum(not plan[need].excluded for need in step.needs)
-            result.append(InitialStep(step.id, StepStatus.PENDING, waiting))
-    return result
+    """Every step at launch: pending, waiting on all its needs.
+
+    A step excluded by the run's band is settled as ``excluded`` when the run
+    reaches it (once its own needs have settled), exactly where a skipped step
+    would settle, so the steps after it still come after the steps before it.
+    """
+    return [InitialStep(s.id, StepStatus.PENDING, len(s.needs)) for s in plan.steps.values()]
+
+
+def on_reached(step: StepPlan) -> StepStatus | None:
+    """What a step whose needs have settled becomes without running: excluded, or nothing."""
+    return StepStatus.EXCLUDED if step.excluded else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -81,7 +81,7 @@ def make_plan(flow: Flow, order: tuple[str, ...], band: str | None) -> RunPlan:
             position=position,
             needs=tuple(step.needs),
             dependents=tuple(dependents[step_id]),
-            excluded=band is not None and step.bands is not None and band not in step.bands,
+            excluded=step.bands is not None and band not in step.bands,
             max_attempts=1 + retries,
             retry_delay=retry_delay,
             timeout=float(seconds(step.timeout)) if step.timeout else None,

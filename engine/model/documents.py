@@ -155,6 +155,13 @@ class StepBase(Document):
     title: str | None = Field(default=None, description="A human title shown in progress views.")
     timeout: Duration | None = Field(default=None, description="How long one attempt may take.")
 
+    @model_validator(mode="after")
+    def _needs_once(self) -> StepBase:
+        repeated = sorted({need for need in self.needs if self.needs.count(need) > 1})
+        if repeated:
+            raise ValueError(f"needs: {', '.join(map(repr, repeated))} listed more than once")
+        return self
+
 
 class RetryingStep(StepBase):
     retries: int | None = Field(

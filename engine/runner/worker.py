@@ -226,8 +226,10 @@ class Worker:
             settled = await self.store.complete_step(claim, result, dependents, now)
             view = StepView("completed", result.output, dict(result.fields), result.data, False)
         else:
-            settled = await self.store.skip_step(claim, outcome.reason, dependents, now)
-            view = StepView("skipped", "", {}, None, True)
+            settled = await self.store.skip_step(
+                claim, outcome.reason, dependents, now, outcome.status
+            )
+            view = StepView(str(outcome.status), "", {}, None, True)
         if settled is not None:
             state.views[claim.step_id] = view
             if settled.unsettled == 0:

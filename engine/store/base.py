@@ -260,8 +260,14 @@ class Store(ABC):
 
     @abstractmethod
     async def skip_step(
-        self, claim: Claim, reason: str, dependents: Sequence[str], now: float
-    ) -> Settled | None: ...
+        self,
+        claim: Claim,
+        reason: str,
+        dependents: Sequence[str],
+        now: float,
+        status: StepStatus = StepStatus.SKIPPED,
+    ) -> Settled | None:
+        """Settle a step without running it: ``skipped`` (`when` false) or ``excluded``."""
 
     @abstractmethod
     async def fail_attempt(

@@ -305,10 +305,7 @@ class SqliteStore(Store):
                 ],
             )
             started = {"flow": run.flow, "band": run.band, "model": run.model}
-            excluded = [s.id for s in run.steps if s.status is StepStatus.EXCLUDED]
-            rows: list[EventRow] = [(None, "run_started", started)]
-            rows += [(step, "step_excluded", {"band": run.band}) for step in excluded]
-            _events(db, run.id, rows, now)
+            _events(db, run.id, [(None, "run_started", started)], now)
             return run.id, True
 
         return await self._call(body)
@@ -457,14 +454,21 @@ class SqliteStore(Store):
         return await self._call(body)
 
     async def skip_step(
-        self, claim: Claim, reason: str, dependents: Sequence[str], now: float
+        self,
+        claim: Claim,
+        reason: str,
+        dependents: Sequence[str],
+        now: float,
+        status: StepStatus = StepStatus.SKIPPED,
     ) -> Settled | None:
+        params = {**_fence(claim), "status": str(status), "now": now}
+
         def body(db: Db) -> Settled | None:
-            if not db.execute(Q["skip_step"], {**_fence(claim), "now": now}).rowcount:
+            if not db.execute(Q["skip_step"], params).rowcount:
                 _refuse_stale(db, claim, now)
                 return None
             settled = _settle(db, claim.run_id, dependents, now)
-            _events(db, claim.run_id, [(claim.step_id, "step_skipped", {"reason": reason})], now)
+            _events(db, claim.run_id, [(claim.step_id, f"step_{status}", {"reason": reason})], now)
             return settled
 
         return await self._call(body)

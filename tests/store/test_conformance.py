@@ -307,14 +307,15 @@ async def test_event_ids_are_gapless_and_increasing(store: Store) -> None:
     assert [e.id for e in await store.events("r1", after=3, limit=2)] == [4, 5]
 
 
-async def test_excluded_steps_are_settled_from_the_start(store: Store) -> None:
-    steps = [
-        NewStep("a", "agent", True, 0, StepStatus.EXCLUDED, 0),
-        NewStep("b", "code", False, 1, StepStatus.PENDING, 0),
-    ]
-    await store.create_run(NewRun("r1", "f", "quick", "m", {}, "{}", "h", steps), 1.0)
-    assert (await store.get_run("r1")).unsettled == 1
-    assert await event_names(store) == ["run_started", "step_excluded"]
+async def test_a_step_is_settled_as_excluded_when_reached(store: Store) -> None:
+    await store.create_run(diamond(), 1.0)
+    a = await claim_one(store, "a")
+    settled = await store.skip_step(a, "not in band", DEPENDENTS["a"], 2.0, StepStatus.EXCLUDED)
+    assert settled is not None and settled.unsettled == 3
+    (step,) = await store.get_steps("r1", ["a"])
+    assert (step.status, step.output) == (StepStatus.EXCLUDED, "")
+    assert (await event_names(store))[-1] == "step_excluded"
+    assert sorted(await claim_ids(store, 3.0)) == ["b", "c"]
 
 
 async def test_agent_calls_are_recorded_by_step_attempt_and_sequence(store: Store) -> None:

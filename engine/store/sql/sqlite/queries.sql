@@ -92,7 +92,7 @@ WHERE run_id = :run_id AND step_id = :step_id AND status = 'running'
 
 -- name: skip_step
 UPDATE steps
-SET status = 'skipped', output = '', fields = '{}', data = NULL, error = NULL,
+SET status = :status, output = '', fields = '{}', data = NULL, error = NULL,
     lease_owner = NULL, lease_expires = NULL, finished_at = :now
 WHERE run_id = :run_id AND step_id = :step_id AND status = 'running'
   AND lease_owner = :worker AND attempts = :attempt;
