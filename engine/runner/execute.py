@@ -17,8 +17,6 @@ from typing import Any
 from engine import calls
 from engine.agents import AgentError, AgentRequest, Backend
 from engine.config import Project
-from engine.core.decisions import on_reached
-from engine.core.plan import StepStatus
 from engine.errors import FlowrunnerError
 from engine.model.documents import AgentStep, ApprovalStep, CodeStep, OutputSpec, Step, seconds
 from engine.runner.codectx import Dispatcher, DispatchError, StepContext, ThreadCall, latest_calls
@@ -46,7 +44,6 @@ class Done:
 @dataclass(frozen=True, slots=True)
 class Skip:
     reason: str
-    status: StepStatus = StepStatus.SKIPPED
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +75,6 @@ class Executor:
         load: Callable[[list[str]], None],
     ) -> Outcome:
         step = state.compiled.steps[claim.step_id]
-        reached = on_reached(state.plan[step.id])
-        if reached is not None:
-            return Skip(f"not in band {state.record.band}", reached)
         names = state.names({k: state.views[k] for k in state.needed(step.id) if k in state.views})
         try:
             if step.when is not None and not self._when(step, names):

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.config import Project
-from engine.core.decisions import initial_steps, reset_for_retry
-from engine.core.plan import default_band
+from engine.core.decisions import initial_steps, on_reached, reset_for_retry
+from engine.core.plan import StepStatus, default_band
 from engine.errors import Conflict, InvalidInput, NotAllowed, NotFound
 from engine.lint import CheckedFlow
 from engine.model.documents import ApprovalStep, Flow, InputSpec, type_error
@@ -93,9 +93,15 @@ async def launch(
     plan = CompiledFlow.load(snapshot).plan(chosen)
     steps = [
         NewStep(
-            i.id, plan[i.id].kind, plan[i.id].agent, plan[i.id].position, i.status, i.waiting_on
+            id=initial.id,
+            kind=plan[initial.id].kind,
+            agent=plan[initial.id].agent,
+            position=plan[initial.id].position,
+            waiting_on=initial.waiting_on,
+            dependents=plan[initial.id].dependents,
+            excluded=on_reached(plan[initial.id]) is StepStatus.EXCLUDED,
         )
-        for i in initial_steps(plan)
+        for initial in initial_steps(plan)
     ]
     run = NewRun(
         id=uuid.uuid4().hex[:12],
@@ -150,9 +156,8 @@ async def decide(
         raise NotAllowed(f"'{identity}' launched this run and may not decide its gates")
     values = check_values(gate.form, payload or {}, "payload field") if approve else {}
     settle = approve or gate.on_reject == "continue"
-    dependents = compiled.plan(run.band)[step_id].dependents
     decision = Decision(approve, identity, comment, values)
-    return await store.decide_gate(run_id, step_id, decision, settle, dependents, now)
+    return await store.decide_gate(run_id, step_id, decision, settle, now)
 
 
 async def cancel(store: Store, run_id: str, now: float) -> RunRecord:

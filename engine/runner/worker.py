@@ -217,19 +217,16 @@ class Worker:
 
     async def _record(self, state: RunState, claim: Claim, outcome: Done | Skip | Wait) -> None:
         now = self.clock()
-        dependents = state.plan[claim.step_id].dependents
         if isinstance(outcome, Wait):
             await self.store.wait_for_gate(claim, outcome.message, outcome.deadline, now)
             return
         if isinstance(outcome, Done):
             result = outcome.result
-            settled = await self.store.complete_step(claim, result, dependents, now)
+            settled = await self.store.complete_step(claim, result, now)
             view = StepView("completed", result.output, dict(result.fields), result.data, False)
         else:
-            settled = await self.store.skip_step(
-                claim, outcome.reason, dependents, now, outcome.status
-            )
-            view = StepView(str(outcome.status), "", {}, None, True)
+            settled = await self.store.skip_step(claim, outcome.reason, now)
+            view = StepView("skipped", "", {}, None, True)
         if settled is not None:
             state.views[claim.step_id] = view
             if settled.unsettled == 0:
@@ -344,9 +341,7 @@ class Worker:
             decision = Decision(approved, None, "timed out", payload, timed_out=True)
             settle = approved or gate.on_reject == "continue"
             with contextlib.suppress(Conflict):
-                await self.store.decide_gate(
-                    run_id, step_id, decision, settle, state.plan[step_id].dependents, now
-                )
+                await self.store.decide_gate(run_id, step_id, decision, settle, now)
 
 
 def _alive(pid: int) -> bool:

@@ -24,12 +24,16 @@ from engine.errors import StoreError as StoreError
 
 @dataclass(frozen=True, slots=True)
 class NewStep:
+    """A step as launched: pending on ``waiting_on`` needs; ``dependents`` are the steps
+    that need it. An ``excluded`` step is settled as excluded once its needs settle."""
+
     id: str
     kind: str
     agent: bool
     position: int
-    status: StepStatus
     waiting_on: int
+    dependents: tuple[str, ...] = ()
+    excluded: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,21 +257,12 @@ class Store(ABC):
         """Extend the leases still held; returns the (run, step) pairs still held."""
 
     @abstractmethod
-    async def complete_step(
-        self, claim: Claim, result: StepResult, dependents: Sequence[str], now: float
-    ) -> Settled | None:
+    async def complete_step(self, claim: Claim, result: StepResult, now: float) -> Settled | None:
         """Record a result; None (and a ``stale_result_refused`` event) if the lease is lost."""
 
     @abstractmethod
-    async def skip_step(
-        self,
-        claim: Claim,
-        reason: str,
-        dependents: Sequence[str],
-        now: float,
-        status: StepStatus = StepStatus.SKIPPED,
-    ) -> Settled | None:
-        """Settle a step without running it: ``skipped`` (`when` false) or ``excluded``."""
+    async def skip_step(self, claim: Claim, reason: str, now: float) -> Settled | None:
+        """Settle a step whose `when` is false without running it."""
 
     @abstractmethod
     async def fail_attempt(
@@ -291,7 +286,6 @@ class Store(ABC):
         step_id: str,
         decision: Decision,
         settle: bool,
-        dependents: Sequence[str],
         now: float,
     ) -> StepRecord:
         """Decide a waiting gate (compare-and-set). ``settle`` completes the step; otherwise it

@@ -154,10 +154,33 @@ def _refuse_stale(db: Db, claim: Claim, now: float) -> None:
     _events(db, claim.run_id, [(claim.step_id, "stale_result_refused", payload)], now)
 
 
-def _settle(db: Db, run_id: str, dependents: Sequence[str], now: float) -> Settled:
-    """One step settled: its dependents wait on one step fewer, and so does its run."""
-    db.executemany(Q["settle_dependent"], [{"run_id": run_id, "step_id": d} for d in dependents])
-    return Settled(db.execute(Q["settle_run"], {"run_id": run_id, "now": now}).fetchone()[0])
+def _settle(db: Db, run_id: str, dependents: str, now: float) -> Settled:
+    """A step settled: count it off its run, and its dependents (a JSON list) wait on one
+    need fewer. A dependent excluded by the band whose needs have now all settled is
+    settled as excluded on the spot, and so on down the graph."""
+    queue = [dependents]
+    unsettled = 0
+    while queue:
+        unsettled = db.execute(Q["settle_run"], {"run_id": run_id, "now": now}).fetchone()[0]
+        for step_id in json.loads(queue.pop()):
+            params = {"run_id": run_id, "step_id": step_id}
+            row = db.execute(Q["settle_dependent"], params).fetchone()
+            if row["waiting_on"] == 0 and row["excluded"] and row["status"] == "pending":
+                _mark_excluded(db, run_id, step_id, now)
+                queue.append(row["dependents"])
+    return Settled(unsettled)
+
+
+def _mark_excluded(db: Db, run_id: str, step_id: str, now: float) -> None:
+    db.execute(Q["exclude_step"], {"run_id": run_id, "step_id": step_id, "now": now})
+    _events(db, run_id, [(step_id, "step_excluded", {})], now)
+
+
+def _reach_excluded(db: Db, run_id: str, now: float) -> None:
+    """Settle the excluded steps whose needs have all settled (at launch, after a retry)."""
+    for row in db.execute(Q["reached_excluded"], {"run_id": run_id}).fetchall():
+        _mark_excluded(db, run_id, row["step_id"], now)
+        _settle(db, run_id, row["dependents"], now)
 
 
 def _end(db: Db, run_id: str, status: RunStatus, error: str | None, now: float) -> None:
@@ -269,7 +292,7 @@ class SqliteStore(Store):
                     if existing["request_hash"] != run.request_hash:
                         raise Conflict("this Idempotency-Key was used with another request body")
                     return existing["id"], False
-            unsettled = sum(step.status is StepStatus.PENDING for step in run.steps)
+            unsettled = len(run.steps)
             db.execute(
                 Q["insert_run"],
                 {
@@ -298,14 +321,17 @@ class SqliteStore(Store):
                         "position": step.position,
                         "kind": step.kind,
                         "agent": int(step.agent),
-                        "status": str(step.status),
+                        "status": str(StepStatus.PENDING),
                         "waiting_on": step.waiting_on,
+                        "dependents": _json(list(step.dependents)),
+                        "excluded": int(step.excluded),
                     }
                     for step in run.steps
                 ],
             )
             started = {"flow": run.flow, "band": run.band, "model": run.model}
             _events(db, run.id, [(None, "run_started", started)], now)
+            _reach_excluded(db, run.id, now)
             return run.id, True
 
         return await self._call(body)
@@ -429,9 +455,7 @@ class SqliteStore(Store):
 
         return await self._call(body)
 
-    async def complete_step(
-        self, claim: Claim, result: StepResult, dependents: Sequence[str], now: float
-    ) -> Settled | None:
+    async def complete_step(self, claim: Claim, result: StepResult, now: float) -> Settled | None:
         params = {
             **_fence(claim),
             "output": result.output,
@@ -443,33 +467,24 @@ class SqliteStore(Store):
         }
 
         def body(db: Db) -> Settled | None:
-            if not db.execute(Q["complete_step"], params).rowcount:
+            row = db.execute(Q["complete_step"], params).fetchone()
+            if row is None:
                 _refuse_stale(db, claim, now)
                 return None
-            settled = _settle(db, claim.run_id, dependents, now)
             payload = {"attempt": claim.attempt, "scripted": result.scripted}
             _events(db, claim.run_id, [(claim.step_id, "step_completed", payload)], now)
-            return settled
+            return _settle(db, claim.run_id, row["dependents"], now)
 
         return await self._call(body)
 
-    async def skip_step(
-        self,
-        claim: Claim,
-        reason: str,
-        dependents: Sequence[str],
-        now: float,
-        status: StepStatus = StepStatus.SKIPPED,
-    ) -> Settled | None:
-        params = {**_fence(claim), "status": str(status), "now": now}
-
+    async def skip_step(self, claim: Claim, reason: str, now: float) -> Settled | None:
         def body(db: Db) -> Settled | None:
-            if not db.execute(Q["skip_step"], params).rowcount:
+            row = db.execute(Q["skip_step"], {**_fence(claim), "now": now}).fetchone()
+            if row is None:
                 _refuse_stale(db, claim, now)
                 return None
-            settled = _settle(db, claim.run_id, dependents, now)
-            _events(db, claim.run_id, [(claim.step_id, f"step_{status}", {"reason": reason})], now)
-            return settled
+            _events(db, claim.run_id, [(claim.step_id, "step_skipped", {"reason": reason})], now)
+            return _settle(db, claim.run_id, row["dependents"], now)
 
         return await self._call(body)
 
@@ -520,7 +535,6 @@ class SqliteStore(Store):
         step_id: str,
         decision: Decision,
         settle: bool,
-        dependents: Sequence[str],
         now: float,
     ) -> StepRecord:
         data = {
@@ -543,15 +557,16 @@ class SqliteStore(Store):
 
         def body(db: Db) -> StepRecord:
             if settle:
-                changed = db.execute(Q["decide_complete"], params).rowcount
+                row = db.execute(Q["decide_complete"], params).fetchone()
+                changed = row is not None
             else:
-                changed = db.execute(Q["decide_fail"], {**params, "error": error}).rowcount
+                changed = bool(db.execute(Q["decide_fail"], {**params, "error": error}).rowcount)
             if not changed:
                 _gate_conflict(db, run_id, step_id)
             decided: EventRow = (step_id, "gate_decided", summary)
             if settle:
-                _settle(db, run_id, dependents, now)
                 _events(db, run_id, [decided, (step_id, "step_completed", {"gate": True})], now)
+                _settle(db, run_id, row["dependents"], now)
             else:
                 _events(db, run_id, [decided, (step_id, "step_failed", {"error": error})], now)
                 _end(db, run_id, RunStatus.FAILED, f"step '{step_id}' {error}", now)
@@ -592,6 +607,7 @@ class SqliteStore(Store):
                 [{"run_id": run_id, "step_id": s, "waiting_on": w} for s, w in resets.items()],
             )
             _events(db, run_id, [(None, "run_retried", {"steps": list(resets)})], now)
+            _reach_excluded(db, run_id, now)
             return _run(db.execute(Q["get_run"], {"id": run_id}).fetchone())
 
         return await self._call(body)

@@ -22,15 +22,24 @@ from engine.store.base import (
 
 ALL = Capacity(agents=10, others=10)
 DEPENDENTS = {"a": ["b", "c"], "b": ["d"], "c": ["d"], "d": []}
+NEEDS = {"a": [], "b": ["a"], "c": ["a"], "d": ["b", "c"]}
+KINDS = {"a": "code", "b": "agent", "c": "code", "d": "approval"}
 
 
 def diamond(run_id: str = "r1", **extra: object) -> NewRun:
     """a -> (b, c) -> d, with b an agent step."""
+    excluded = set(extra.pop("excluded", ()))  # type: ignore[call-overload]
     steps = [
-        NewStep("a", "code", False, 0, StepStatus.PENDING, 0),
-        NewStep("b", "agent", True, 1, StepStatus.PENDING, 1),
-        NewStep("c", "code", False, 2, StepStatus.PENDING, 1),
-        NewStep("d", "approval", False, 3, StepStatus.PENDING, 2),
+        NewStep(
+            step,
+            kind,
+            kind == "agent",
+            index,
+            len(NEEDS[step]),
+            tuple(DEPENDENTS[step]),
+            step in excluded,
+        )
+        for index, (step, kind) in enumerate(KINDS.items())
     ]
     return NewRun(
         id=run_id,
@@ -102,14 +111,14 @@ async def test_only_steps_whose_needs_settled_are_claimed(store: Store) -> None:
     await store.create_run(diamond(), 1.0)
     a = await claim_one(store, "a")
     assert await claim_ids(store) == []  # b and c wait on a
-    assert await store.complete_step(a, StepResult("out"), DEPENDENTS["a"], 2.0)
+    assert await store.complete_step(a, StepResult("out"), 2.0)
     assert sorted(await claim_ids(store, 2.0)) == ["b", "c"]
 
 
 async def test_capacity_counts_agent_steps_apart(store: Store) -> None:
     await store.create_run(diamond(), 1.0)
     a = await claim_one(store, "a")
-    await store.complete_step(a, StepResult("out"), DEPENDENTS["a"], 2.0)
+    await store.complete_step(a, StepResult("out"), 2.0)
     claims = await store.claim("w1", 2.0, 30, Capacity(agents=0, others=5), 3)
     assert [c.step_id for c in claims] == ["c"]
     claims = await store.claim("w1", 2.0, 30, Capacity(agents=1, others=0), 3)
@@ -117,7 +126,7 @@ async def test_capacity_counts_agent_steps_apart(store: Store) -> None:
 
 
 async def test_max_parallel_caps_agent_steps_of_one_run(store: Store) -> None:
-    steps = [NewStep(f"s{i}", "agent", True, i, StepStatus.PENDING, 0) for i in range(5)]
+    steps = [NewStep(f"s{i}", "agent", True, i, 0) for i in range(5)]
     run = NewRun("r1", "wide", None, "m", {}, "{}", "h", steps, max_parallel=2)
     await store.create_run(run, 1.0)
     assert len(await claim_ids(store)) == 2
@@ -128,7 +137,7 @@ async def test_a_result_settles_the_step_and_its_run(store: Store) -> None:
     await store.create_run(diamond(), 1.0)
     a = await claim_one(store, "a")
     result = StepResult("out", {"k": "v"}, {"n": [1, 2]}, input="in", scripted=True)
-    assert await store.complete_step(a, result, DEPENDENTS["a"], 2.0)
+    assert await store.complete_step(a, result, 2.0)
     (step,) = await store.get_steps("r1", ["a"])
     assert (step.status, step.output, step.fields, step.data) == (
         StepStatus.COMPLETED,
@@ -145,9 +154,9 @@ async def test_a_stale_result_is_refused_and_counted(store: Store) -> None:
     old = await claim_one(store, "a", now=1.0, worker="w1")
     taken = await claim_one(store, "a", now=100.0, worker="w2")  # w1's lease expired
     assert taken.attempt == 2
-    assert not await store.complete_step(old, StepResult("stale"), DEPENDENTS["a"], 101.0)
+    assert not await store.complete_step(old, StepResult("stale"), 101.0)
     assert await store.heartbeat("w1", [old], 101.0, 30) == set()
-    assert await store.complete_step(taken, StepResult("fresh"), DEPENDENTS["a"], 102.0)
+    assert await store.complete_step(taken, StepResult("fresh"), 102.0)
     (step,) = await store.get_steps("r1", ["a"])
     assert (step.output, step.crashes) == ("fresh", 1)
     names = await event_names(store)
@@ -206,9 +215,9 @@ async def test_a_final_failure_fails_the_run_and_cancels_the_rest(store: Store) 
 async def _gate(store: Store) -> None:
     await store.create_run(diamond(), 1.0)
     a = await claim_one(store, "a")
-    await store.complete_step(a, StepResult("x"), DEPENDENTS["a"], 2.0)
+    await store.complete_step(a, StepResult("x"), 2.0)
     for step in await store.claim("w1", 2.0, 30, ALL, 3):
-        await store.complete_step(step, StepResult("x"), DEPENDENTS[step.step_id], 3.0)
+        await store.complete_step(step, StepResult("x"), 3.0)
     d = await claim_one(store, "d", now=3.0)
     assert await store.wait_for_gate(d, "Publish?", deadline=50.0, now=3.0)
 
@@ -219,12 +228,12 @@ async def test_a_gate_waits_and_one_decision_wins(store: Store) -> None:
     assert await store.expired_gates(10.0) == []
     assert await store.expired_gates(60.0) == [("r1", "d")]
     decision = Decision(True, "ann", "ship it", {"audience": "team"})
-    step = await store.decide_gate("r1", "d", decision, True, [], 4.0)
+    step = await store.decide_gate("r1", "d", decision, True, 4.0)
     assert (step.status, step.output) == (StepStatus.COMPLETED, "ship it")
     assert step.data["approved"] is True and step.data["by"] == "ann"
     assert step.data["payload"] == {"audience": "team"}
     with pytest.raises(Conflict):
-        await store.decide_gate("r1", "d", decision, True, [], 5.0)
+        await store.decide_gate("r1", "d", decision, True, 5.0)
     assert (await store.get_run("r1")).unsettled == 0
     assert await store.runs_to_finish() == ["r1"]
 
@@ -236,7 +245,7 @@ async def test_concurrent_decisions_on_one_gate(store: Store, second_store: Stor
         target = store if index % 2 else second_store
         decision = Decision(index % 3 == 0, f"user{index}", "", {})
         try:
-            await target.decide_gate("r1", "d", decision, index % 3 == 0, [], 4.0)
+            await target.decide_gate("r1", "d", decision, index % 3 == 0, 4.0)
         except Conflict:
             return False
         return True
@@ -248,7 +257,7 @@ async def test_concurrent_decisions_on_one_gate(store: Store, second_store: Stor
 
 async def test_a_rejection_that_fails_ends_the_run(store: Store) -> None:
     await _gate(store)
-    await store.decide_gate("r1", "d", Decision(False, "bob", "no", {}), False, [], 4.0)
+    await store.decide_gate("r1", "d", Decision(False, "bob", "no", {}), False, 4.0)
     run = await store.get_run("r1")
     assert run.status is RunStatus.FAILED
     assert run.error == "step 'd' rejected: no"
@@ -259,7 +268,7 @@ async def test_cancel_stops_everything_once(store: Store) -> None:
     a = await claim_one(store, "a")
     run = await store.cancel_run("r1", 2.0)
     assert run.status is RunStatus.CANCELLED
-    assert not await store.complete_step(a, StepResult("late"), DEPENDENTS["a"], 3.0)
+    assert not await store.complete_step(a, StepResult("late"), 3.0)
     with pytest.raises(Conflict):
         await store.cancel_run("r1", 3.0)
     assert {s.status for s in await store.get_steps("r1")} == {StepStatus.CANCELLED}
@@ -269,7 +278,7 @@ async def test_cancel_stops_everything_once(store: Store) -> None:
 async def test_a_failed_run_is_retried_in_place(store: Store) -> None:
     await store.create_run(diamond(), 1.0)
     a = await claim_one(store, "a")
-    await store.complete_step(a, StepResult("kept"), DEPENDENTS["a"], 2.0)
+    await store.complete_step(a, StepResult("kept"), 2.0)
     b = await claim_one(store, "b", now=2.0)
     await store.fail_attempt(b, "boom", None, 3.0)
     run = await store.retry_run("r1", {"b": 0, "c": 0, "d": 2}, 4.0)
@@ -295,7 +304,7 @@ async def _settle_everything(store: Store) -> None:
     now = 2.0
     while claims := await store.claim("w1", now, 30, ALL, 3):
         for claim in claims:
-            await store.complete_step(claim, StepResult("x"), DEPENDENTS[claim.step_id], now)
+            await store.complete_step(claim, StepResult("x"), now)
         now += 1
 
 
@@ -307,15 +316,40 @@ async def test_event_ids_are_gapless_and_increasing(store: Store) -> None:
     assert [e.id for e in await store.events("r1", after=3, limit=2)] == [4, 5]
 
 
-async def test_a_step_is_settled_as_excluded_when_reached(store: Store) -> None:
-    await store.create_run(diamond(), 1.0)
+async def test_excluded_steps_settle_when_reached(store: Store) -> None:
+    """b is excluded: it settles when a does, and d still waits for c."""
+    await store.create_run(diamond(excluded=["b"]), 1.0)
     a = await claim_one(store, "a")
-    settled = await store.skip_step(a, "not in band", DEPENDENTS["a"], 2.0, StepStatus.EXCLUDED)
-    assert settled is not None and settled.unsettled == 3
-    (step,) = await store.get_steps("r1", ["a"])
-    assert (step.status, step.output) == (StepStatus.EXCLUDED, "")
-    assert (await event_names(store))[-1] == "step_excluded"
-    assert sorted(await claim_ids(store, 3.0)) == ["b", "c"]
+    assert {s.id: s.status for s in await store.get_steps("r1", ["b"])} == {"b": StepStatus.PENDING}
+    settled = await store.complete_step(a, StepResult("x"), 2.0)
+    assert settled is not None and settled.unsettled == 2  # a and b settled
+    (b,) = await store.get_steps("r1", ["b"])
+    assert (b.status, b.attempts, b.started_at) == (StepStatus.EXCLUDED, 0, None)
+    c = await claim_one(store, "c", now=2.0)
+    assert await claim_ids(store, 2.0) == []
+    await store.complete_step(c, StepResult("x"), 3.0)
+    assert await claim_ids(store, 3.0) == ["d"]
+    names = await event_names(store)
+    assert names.index("step_excluded") == names.index("step_completed") + 1
+
+
+async def test_an_excluded_root_settles_at_launch(store: Store) -> None:
+    await store.create_run(diamond(excluded=["a", "b"]), 1.0)
+    statuses = {s.id: s.status for s in await store.get_steps("r1")}
+    assert statuses == {
+        "a": StepStatus.EXCLUDED,
+        "b": StepStatus.EXCLUDED,
+        "c": StepStatus.PENDING,
+        "d": StepStatus.PENDING,
+    }
+    assert (await store.get_run("r1")).unsettled == 2
+    assert await claim_ids(store) == ["c"]
+    assert await event_names(store) == [
+        "run_started",
+        "step_excluded",
+        "step_excluded",
+        "step_started",
+    ]
 
 
 async def test_agent_calls_are_recorded_by_step_attempt_and_sequence(store: Store) -> None:

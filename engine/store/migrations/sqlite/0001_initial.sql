@@ -34,6 +34,8 @@ CREATE TABLE steps (
         'pending', 'running', 'waiting', 'completed', 'skipped', 'excluded', 'failed', 'cancelled'
     )),
     waiting_on INTEGER NOT NULL,
+    dependents TEXT NOT NULL,
+    excluded INTEGER NOT NULL DEFAULT 0,
     attempts INTEGER NOT NULL DEFAULT 0,
     failures INTEGER NOT NULL DEFAULT 0,
     crashes INTEGER NOT NULL DEFAULT 0,

@@ -8,8 +8,11 @@ INSERT INTO runs (
 );
 
 -- name: insert_step
-INSERT INTO steps (run_id, step_id, position, kind, agent, status, waiting_on)
-VALUES (:run_id, :step_id, :position, :kind, :agent, :status, :waiting_on);
+INSERT INTO steps (
+    run_id, step_id, position, kind, agent, status, waiting_on, dependents, excluded
+) VALUES (
+    :run_id, :step_id, :position, :kind, :agent, :status, :waiting_on, :dependents, :excluded
+);
 
 -- name: run_by_key
 SELECT id, request_hash FROM runs WHERE idempotency_key = :key;
@@ -55,7 +58,7 @@ SELECT s.run_id, s.step_id, s.kind, s.agent, s.status, s.attempts, s.failures, s
        s.lease_owner, r.max_parallel
 FROM steps s JOIN runs r ON r.id = s.run_id
 WHERE s.status = 'pending' AND s.waiting_on = 0 AND s.ready_at <= :now AND r.status = 'running'
-  AND (:run_id IS NULL OR s.run_id = :run_id)
+  AND s.excluded = 0 AND (:run_id IS NULL OR s.run_id = :run_id)
 ORDER BY s.ready_at, r.created_at, s.position
 LIMIT :limit;
 
@@ -88,14 +91,16 @@ SET status = 'completed', output = :output, fields = :fields, data = :data,
     input = coalesce(:input, input), scripted = :scripted, error = NULL,
     lease_owner = NULL, lease_expires = NULL, finished_at = :now
 WHERE run_id = :run_id AND step_id = :step_id AND status = 'running'
-  AND lease_owner = :worker AND attempts = :attempt;
+  AND lease_owner = :worker AND attempts = :attempt
+RETURNING dependents;
 
 -- name: skip_step
 UPDATE steps
-SET status = :status, output = '', fields = '{}', data = NULL, error = NULL,
+SET status = 'skipped', output = '', fields = '{}', data = NULL, error = NULL,
     lease_owner = NULL, lease_expires = NULL, finished_at = :now
 WHERE run_id = :run_id AND step_id = :step_id AND status = 'running'
-  AND lease_owner = :worker AND attempts = :attempt;
+  AND lease_owner = :worker AND attempts = :attempt
+RETURNING dependents;
 
 -- name: retry_step
 UPDATE steps
@@ -127,7 +132,8 @@ WHERE run_id = :run_id AND step_id = :step_id AND status = 'running'
 -- name: decide_complete
 UPDATE steps
 SET status = 'completed', output = :output, data = :data, fields = '{}', finished_at = :now
-WHERE run_id = :run_id AND step_id = :step_id AND status = 'waiting';
+WHERE run_id = :run_id AND step_id = :step_id AND status = 'waiting'
+RETURNING dependents;
 
 -- name: decide_fail
 UPDATE steps
@@ -139,7 +145,17 @@ WHERE run_id = :run_id AND step_id = :step_id AND status = 'waiting';
 SELECT status FROM steps WHERE run_id = :run_id AND step_id = :step_id;
 
 -- name: settle_dependent
-UPDATE steps SET waiting_on = waiting_on - 1 WHERE run_id = :run_id AND step_id = :step_id;
+UPDATE steps SET waiting_on = waiting_on - 1 WHERE run_id = :run_id AND step_id = :step_id
+RETURNING waiting_on, excluded, status, dependents;
+
+-- name: exclude_step
+UPDATE steps SET status = 'excluded', output = '', fields = '{}', data = NULL, finished_at = :now
+WHERE run_id = :run_id AND step_id = :step_id AND status = 'pending';
+
+-- name: reached_excluded
+SELECT step_id, dependents FROM steps
+WHERE run_id = :run_id AND status = 'pending' AND excluded = 1 AND waiting_on = 0
+ORDER BY position;
 
 -- name: settle_run
 UPDATE runs SET unsettled = unsettled - 1, updated_at = :now WHERE id = :run_id
