@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -82,6 +84,9 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 5000])
     parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument(
+        "--peers", metavar="PYTHON", help="a venv's Python with dbos and prefect (bench/peers.py)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
@@ -98,6 +103,22 @@ async def main() -> None:
                 print(f"{shape}: per-step cost at {last} is {ratio:.2f}x that at {first}")
         seconds, steps = await measure(folder, chain(10), args.runs)
         report(f"{args.runs} concurrent 10-step runs", seconds, steps)
+        if args.peers:
+            size = 1000 if 1000 in args.sizes else args.sizes[0]
+            seconds, steps = await measure(folder, chain(size), 1)
+            report(f"flowrunner chain of {size}", seconds, steps)
+            peers(args.peers, size)
+
+
+def peers(python: str, size: int) -> None:
+    """The same chain on DBOS and Prefect 3, run by ``python`` (a throwaway venv)."""
+    command = [python, str(HERE / "peers.py"), "--steps", str(size)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+    for line in done.stdout.splitlines():
+        name, steps, seconds, _ = line.split()
+        report(f"{name} chain of {steps}", float(seconds), int(steps))
+    if done.returncode or done.stderr.strip():
+        print(done.stderr.strip()[-2000:], file=sys.stderr)
 
 
 if __name__ == "__main__":

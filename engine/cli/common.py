@@ -10,6 +10,7 @@ import typer
 from pydantic import ValidationError
 
 from engine.config import Project
+from engine.lint import CheckedFlow, check_file
 from engine.lint.output import as_text
 from engine.lint.pipeline import LintReport
 from engine.model.diagnostics import Diagnostic
@@ -60,3 +61,14 @@ def print_diagnostics(diagnostics: Sequence[Diagnostic]) -> None:
     """Diagnostics as ``lint`` prints them, on stderr."""
     report = LintReport(diagnostics=list(diagnostics))
     typer.echo("\n".join(as_text(report).splitlines()[:-1]), err=True)
+
+
+def checked_flow(project: Project, reference: str) -> CheckedFlow:
+    path = project.find_flow(reference)
+    if not path.is_file():
+        raise fail(f"no flow '{reference}' (not a file, nor a flow in {project.flows_dir})")
+    result = check_file(path, project)
+    if result.checked is None:
+        print_diagnostics(result.diagnostics)
+        raise fail(f"{result.path} is not a valid flow", 2)
+    return result.checked

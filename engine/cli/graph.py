@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from engine.cli.common import app, open_project
+from engine.cli.common import app, checked_flow, open_project
 from engine.lint import CheckedFlow
 from engine.model.documents import Flow
 
@@ -47,8 +47,6 @@ def graph(
     ] = GraphFormat.mermaid,
 ) -> None:
     """Print a flow's DAG (Mermaid by default, or Graphviz DOT)."""
-    from engine.cli.runs import checked_flow
-
     checked: CheckedFlow = checked_flow(open_project(), flow)
     render = mermaid if output_format is GraphFormat.mermaid else dot
     typer.echo(render(checked.flow))

@@ -19,12 +19,11 @@ from rich.console import Console
 from rich.prompt import Confirm, Prompt
 from rich.table import Table
 
-from engine.cli.common import app, fail, open_project, print_diagnostics
+from engine.cli.common import app, checked_flow, fail, open_project
 from engine.cli.progress import Progress, StepLine, follow
 from engine.config import Project
 from engine.core.plan import RunStatus
 from engine.errors import Conflict, FlowrunnerError, InvalidInput, NotAllowed, NotFound
-from engine.lint import CheckedFlow, check_file
 from engine.model.documents import ApprovalStep
 from engine.runner import service
 from engine.runner.dryrun import dry_run
@@ -71,17 +70,6 @@ def with_store(body: Callable[[Project, Store], Awaitable[T]]) -> T:
         raise fail(exc.message, 1) from None
     except FlowrunnerError as exc:
         raise fail(exc.message, 2) from None
-
-
-def checked_flow(project: Project, reference: str) -> CheckedFlow:
-    path = project.find_flow(reference)
-    if not path.is_file():
-        raise fail(f"no flow '{reference}' (not a file, nor a flow in {project.flows_dir})")
-    result = check_file(path, project)
-    if result.checked is None:
-        print_diagnostics(result.diagnostics)
-        raise fail(f"{result.path} is not a valid flow", 2)
-    return result.checked
 
 
 def parse_inputs(
