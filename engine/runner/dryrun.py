@@ -8,7 +8,7 @@ shown as skipped when the real run would not skip it.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from engine.lint import CheckedFlow
@@ -16,6 +16,28 @@ from engine.model.documents import AgentStep, ApprovalStep, CodeStep
 from engine.runner.outputs import compose
 from engine.runner.render import Renderer, RenderError, RunView, StepView, context
 from engine.runner.service import _band, check_values
+
+
+class Placeholder:
+    """A result a dry run cannot know: ``steps.x.data.y`` renders as ``[steps.x.data.y]``."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attribute: str) -> Placeholder:
+        return Placeholder(f"{self._name}.{attribute}")
+
+    def __getitem__(self, key: object) -> Placeholder:
+        return Placeholder(f"{self._name}[{key!r}]")
+
+    def __str__(self) -> str:
+        return f"[{self._name}]"
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(())
+
+    def __bool__(self) -> bool:
+        return True
 
 
 def dry_run(checked: CheckedFlow, inputs: Mapping[str, Any], band: str | None, model: str) -> str:
@@ -35,7 +57,7 @@ def dry_run(checked: CheckedFlow, inputs: Mapping[str, Any], band: str | None, m
             "completed",
             f"[output of steps.{step_id}]",
             {name: f"[{name} of steps.{step_id}]" for name in fields},
-            None,
+            Placeholder(f"steps.{step_id}.data"),
             False,
         )
         title = f"\n## {step_id} ({step.kind})"
@@ -43,7 +65,7 @@ def dry_run(checked: CheckedFlow, inputs: Mapping[str, Any], band: str | None, m
             out.append(f"{title}: excluded from band {chosen}")
             continue
         try:
-            if isinstance(step.when, str) and not renderer.evaluate(step.when, names, "when"):
+            if isinstance(step.when, str) and not renderer.test(step.when, names, "when"):
                 out.append(f"{title}: skipped (`when` is false with placeholder results)")
                 continue
             out.append(title)

@@ -91,7 +91,7 @@ class Executor:
         if isinstance(step.when, bool):
             return step.when
         assert step.when is not None
-        return bool(self.renderer.evaluate(step.when, names, f"step '{step.id}' when"))
+        return self.renderer.test(step.when, names, f"step '{step.id}' when")
 
     async def _agent(
         self,

@@ -75,9 +75,9 @@ class Renderer:
                 template = self._templates[source] = ENVIRONMENT.from_string(source)
             size, parts = 0, []
             for part in template.generate(**names):
-                size += len(part)
+                size += len(part.encode("utf-8"))
                 if size > self.max_bytes:
-                    raise RenderError(f"{what}: rendered text exceeds {self.max_bytes} characters")
+                    raise RenderError(f"{what}: rendered text exceeds {self.max_bytes} bytes")
                 parts.append(part)
             return "".join(parts)
         except RenderError:
@@ -87,14 +87,15 @@ class Renderer:
         except Exception as exc:  # a filter or test raised on the data: report, never crash
             raise RenderError(f"{what}: {type(exc).__name__}: {exc}") from exc
 
-    def evaluate(self, expression: str, names: Mapping[str, Any], what: str) -> Any:
+    def test(self, expression: str, names: Mapping[str, Any], what: str) -> bool:
+        """The truth of an expression (`when`); an undefined result is an error too."""
         try:
             compiled = self._expressions.get(expression)
             if compiled is None:
                 compiled = self._expressions[expression] = ENVIRONMENT.compile_expression(
                     expression, undefined_to_none=False
                 )
-            return compiled(**names)
+            return bool(compiled(**names))
         except (SecurityError, UndefinedError, TemplateError) as exc:
             raise RenderError(f"{what}: {type(exc).__name__}: {exc}") from exc
         except Exception as exc:  # as above

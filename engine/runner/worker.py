@@ -112,7 +112,7 @@ class Worker:
                 if until is not None and await until():
                     break
                 idle = not self.active and not claimed
-                if until_idle and idle and not await self.store.has_work(now):
+                if until_idle and idle and not await self.store.has_work(now, self.run_id):
                     break
                 if not claimed:
                     await self._sleep()

@@ -312,8 +312,9 @@ class Store(ABC):
         """Running runs with every step settled (their report is still to render)."""
 
     @abstractmethod
-    async def has_work(self, now: float) -> bool:
-        """Whether anything could be claimed now or later, gates waiting excluded."""
+    async def has_work(self, now: float, run_id: str | None = None) -> bool:
+        """Whether anything could be claimed now or later (of one run when ``run_id`` is
+        given), gates waiting excluded."""
 
     @abstractmethod
     async def next_wakeup(self, now: float) -> float | None:

@@ -635,8 +635,8 @@ class SqliteStore(Store):
     async def runs_to_finish(self) -> list[str]:
         return [row["id"] for row in await self._read("runs_to_finish", {})]
 
-    async def has_work(self, now: float) -> bool:
-        rows = await self._read("has_work", {})
+    async def has_work(self, now: float, run_id: str | None = None) -> bool:
+        rows = await self._read("has_work", {"run_id": run_id})
         return bool(rows[0][0])
 
     async def next_wakeup(self, now: float) -> float | None:

@@ -202,10 +202,13 @@ ORDER BY deadline;
 -- name: has_work
 SELECT EXISTS (
     SELECT 1 FROM steps s JOIN runs r ON r.id = s.run_id
-    WHERE r.status = 'running' AND (
+    WHERE r.status = 'running' AND (:run_id IS NULL OR r.id = :run_id) AND (
         (s.status = 'pending' AND s.waiting_on = 0) OR s.status = 'running'
     )
-) OR EXISTS (SELECT 1 FROM runs WHERE status = 'running' AND unsettled = 0);
+) OR EXISTS (
+    SELECT 1 FROM runs
+    WHERE status = 'running' AND unsettled = 0 AND (:run_id IS NULL OR id = :run_id)
+);
 
 -- name: next_wakeup
 SELECT min(t) FROM (
