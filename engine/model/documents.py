@@ -8,6 +8,7 @@ generated from them, so every field carries a description for editors.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -157,7 +158,10 @@ class StepBase(Document):
 
     @model_validator(mode="after")
     def _needs_once(self) -> StepBase:
-        repeated = sorted({need for need in self.needs if self.needs.count(need) > 1})
+        if len(set(self.needs)) == len(self.needs):
+            return self
+        counts = Counter(self.needs)
+        repeated = sorted(need for need, count in counts.items() if count > 1)
         if repeated:
             raise ValueError(f"needs: {', '.join(map(repr, repeated))} listed more than once")
         return self

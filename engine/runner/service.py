@@ -14,7 +14,7 @@ from typing import Any
 
 from engine.config import Project
 from engine.core.decisions import initial_steps, on_reached, reset_for_retry
-from engine.core.plan import StepStatus, default_band
+from engine.core.plan import StepStatus, default_band, make_plan
 from engine.errors import Conflict, InvalidInput, NotAllowed, NotFound
 from engine.lint import CheckedFlow
 from engine.model.documents import ApprovalStep, Flow, InputSpec, type_error
@@ -90,7 +90,7 @@ async def launch(
     if replay_of is not None:
         await store.get_run(replay_of)  # NotFound when there is nothing to replay
     snapshot = Snapshot.take(checked, project)
-    plan = CompiledFlow.load(snapshot).plan(chosen)
+    plan = make_plan(flow, checked.order, chosen)
     steps = [
         NewStep(
             id=initial.id,

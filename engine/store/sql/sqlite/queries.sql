@@ -54,19 +54,23 @@ SELECT run_id, id, step_id, event, payload, at FROM events
 WHERE run_id = :run_id AND id > :after ORDER BY id LIMIT :limit;
 
 -- name: claimable_ready
+-- Steps drive the join (CROSS JOIN fixes the order) so the partial index on ready
+-- steps is used and a claim costs O(limit), however many steps the runs have.
 SELECT s.run_id, s.step_id, s.kind, s.agent, s.status, s.attempts, s.failures, s.crashes,
        s.lease_owner, r.max_parallel
-FROM steps s JOIN runs r ON r.id = s.run_id
-WHERE s.status = 'pending' AND s.waiting_on = 0 AND s.ready_at <= :now AND r.status = 'running'
+FROM steps s CROSS JOIN runs r
+WHERE s.status = 'pending' AND s.waiting_on = 0 AND s.ready_at <= :now
+  AND r.id = s.run_id AND r.status = 'running'
   AND s.excluded = 0 AND (:run_id IS NULL OR s.run_id = :run_id)
-ORDER BY s.ready_at, r.created_at, s.position
+ORDER BY s.ready_at, s.rowid
 LIMIT :limit;
 
 -- name: claimable_expired
 SELECT s.run_id, s.step_id, s.kind, s.agent, s.status, s.attempts, s.failures, s.crashes,
        s.lease_owner, r.max_parallel
-FROM steps s JOIN runs r ON r.id = s.run_id
-WHERE s.status = 'running' AND s.lease_expires < :now AND r.status = 'running'
+FROM steps s CROSS JOIN runs r
+WHERE s.status = 'running' AND s.lease_expires < :now
+  AND r.id = s.run_id AND r.status = 'running'
   AND (:run_id IS NULL OR s.run_id = :run_id)
 ORDER BY s.lease_expires
 LIMIT :limit;
@@ -201,10 +205,13 @@ ORDER BY deadline;
 
 -- name: has_work
 SELECT EXISTS (
-    SELECT 1 FROM steps s JOIN runs r ON r.id = s.run_id
-    WHERE r.status = 'running' AND (:run_id IS NULL OR r.id = :run_id) AND (
-        (s.status = 'pending' AND s.waiting_on = 0) OR s.status = 'running'
-    )
+    SELECT 1 FROM steps s CROSS JOIN runs r
+    WHERE s.status = 'pending' AND s.waiting_on = 0
+      AND r.id = s.run_id AND r.status = 'running' AND (:run_id IS NULL OR r.id = :run_id)
+) OR EXISTS (
+    SELECT 1 FROM steps s CROSS JOIN runs r
+    WHERE s.status = 'running'
+      AND r.id = s.run_id AND r.status = 'running' AND (:run_id IS NULL OR r.id = :run_id)
 ) OR EXISTS (
     SELECT 1 FROM runs
     WHERE status = 'running' AND unsettled = 0 AND (:run_id IS NULL OR id = :run_id)
@@ -212,8 +219,8 @@ SELECT EXISTS (
 
 -- name: next_wakeup
 SELECT min(t) FROM (
-    SELECT min(s.ready_at) AS t FROM steps s JOIN runs r ON r.id = s.run_id
-    WHERE s.status = 'pending' AND s.waiting_on = 0 AND r.status = 'running'
+    SELECT min(s.ready_at) AS t FROM steps s CROSS JOIN runs r
+    WHERE s.status = 'pending' AND s.waiting_on = 0 AND r.id = s.run_id AND r.status = 'running'
     UNION ALL
     SELECT min(lease_expires) FROM steps WHERE status = 'running'
     UNION ALL
