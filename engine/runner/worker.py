@@ -30,7 +30,7 @@ from engine.runner.execute import AttemptFailed, Done, Executor, Publish, Skip, 
 from engine.runner.render import Renderer, RenderError, StepView
 from engine.runner.snapshot import CompiledFlow, Snapshot
 from engine.runner.state import RunState
-from engine.store.base import Capacity, Claim, Decision, StepRecord, Store
+from engine.store.base import Capacity, Claim, Decision, Eager, StepRecord, Store
 
 log = logging.getLogger("flowrunner.worker")
 
@@ -180,9 +180,12 @@ class Worker:
             log.warning("claim failed, will retry: %s", exc)
             return False
         for claim in claims:
-            task = asyncio.create_task(self._execute(claim))
-            self.active[(claim.run_id, claim.step_id)] = (claim, task)
+            self._start(claim)
         return bool(claims)
+
+    def _start(self, claim: Claim) -> None:
+        task = asyncio.create_task(self._execute(claim))
+        self.active[_key(claim)] = (claim, task)
 
     async def _execute(self, claim: Claim) -> None:
         try:
@@ -220,15 +223,19 @@ class Worker:
         if isinstance(outcome, Wait):
             await self.store.wait_for_gate(claim, outcome.message, outcome.deadline, now)
             return
+        others = sum(c.kind != "agent" and c != claim for c, _ in self.active.values())
+        eager = Eager(self.id, self.settings.lease_seconds, self.settings.max_code - others)
         if isinstance(outcome, Done):
             result = outcome.result
-            settled = await self.store.complete_step(claim, result, now)
+            settled = await self.store.complete_step(claim, result, now, eager)
             view = StepView("completed", result.output, dict(result.fields), result.data, False)
         else:
-            settled = await self.store.skip_step(claim, outcome.reason, now)
+            settled = await self.store.skip_step(claim, outcome.reason, now, eager)
             view = StepView("skipped", "", {}, None, True)
         if settled is not None:
             state.views[claim.step_id] = view
+            for taken in settled.claims:
+                self._start(taken)
             if settled.unsettled == 0:
                 await self._finish_run(claim.run_id, self.clock())
 

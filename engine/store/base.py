@@ -119,9 +119,21 @@ class StepResult:
 
 @dataclass(frozen=True, slots=True)
 class Settled:
-    """A step recorded as settled; ``unsettled`` steps of its run remain."""
+    """A step recorded as settled; ``unsettled`` steps of its run remain. ``claims`` are the
+    steps this settlement made ready that were claimed at once (see :class:`Eager`)."""
 
     unsettled: int
+    claims: tuple[Claim, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Eager:
+    """Claim, in the same transaction, up to ``others`` code steps or gates that a
+    settlement makes ready, for ``worker``: a chain then costs one transaction per step."""
+
+    worker: str
+    lease: float
+    others: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,11 +269,15 @@ class Store(ABC):
         """Extend the leases still held; returns the (run, step) pairs still held."""
 
     @abstractmethod
-    async def complete_step(self, claim: Claim, result: StepResult, now: float) -> Settled | None:
+    async def complete_step(
+        self, claim: Claim, result: StepResult, now: float, eager: Eager | None = None
+    ) -> Settled | None:
         """Record a result; None (and a ``stale_result_refused`` event) if the lease is lost."""
 
     @abstractmethod
-    async def skip_step(self, claim: Claim, reason: str, now: float) -> Settled | None:
+    async def skip_step(
+        self, claim: Claim, reason: str, now: float, eager: Eager | None = None
+    ) -> Settled | None:
         """Settle a step whose `when` is false without running it."""
 
     @abstractmethod

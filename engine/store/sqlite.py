@@ -26,6 +26,7 @@ from engine.store.base import (
     Claim,
     Conflict,
     Decision,
+    Eager,
     Event,
     NewRun,
     NotFound,
@@ -154,21 +155,37 @@ def _refuse_stale(db: Db, claim: Claim, now: float) -> None:
     _events(db, claim.run_id, [(claim.step_id, "stale_result_refused", payload)], now)
 
 
-def _settle(db: Db, run_id: str, dependents: str, now: float) -> Settled:
+def _settle(
+    db: Db, run_id: str, dependents: str, now: float, eager: Eager | None = None
+) -> Settled:
     """A step settled: count it off its run, and its dependents (a JSON list) wait on one
     need fewer. A dependent excluded by the band whose needs have now all settled is
-    settled as excluded on the spot, and so on down the graph."""
+    settled as excluded on the spot, and so on down the graph. With ``eager``, code
+    steps and gates made ready are claimed at once."""
     queue = [dependents]
     unsettled = 0
+    ready: list[str] = []
     while queue:
         unsettled = db.execute(Q["settle_run"], {"run_id": run_id, "now": now}).fetchone()[0]
         for step_id in json.loads(queue.pop()):
             params = {"run_id": run_id, "step_id": step_id}
             row = db.execute(Q["settle_dependent"], params).fetchone()
-            if row["waiting_on"] == 0 and row["excluded"] and row["status"] == "pending":
+            if row["waiting_on"] != 0 or row["status"] != "pending":
+                continue
+            if row["excluded"]:
                 _mark_excluded(db, run_id, step_id, now)
                 queue.append(row["dependents"])
-    return Settled(unsettled)
+            else:
+                ready.append(step_id)
+    claims: list[Claim] = []
+    if eager is not None:
+        for step_id in ready[: eager.others]:
+            params = {"run_id": run_id, "step_id": step_id, "now": now}
+            row = db.execute(Q["claimable_step"], params).fetchone()
+            claim = _take(db, row, eager.worker, now, eager.lease, 1) if row else None
+            if claim is not None:
+                claims.append(claim)
+    return Settled(unsettled, tuple(claims))
 
 
 def _mark_excluded(db: Db, run_id: str, step_id: str, now: float) -> None:
@@ -455,7 +472,9 @@ class SqliteStore(Store):
 
         return await self._call(body)
 
-    async def complete_step(self, claim: Claim, result: StepResult, now: float) -> Settled | None:
+    async def complete_step(
+        self, claim: Claim, result: StepResult, now: float, eager: Eager | None = None
+    ) -> Settled | None:
         params = {
             **_fence(claim),
             "output": result.output,
@@ -473,18 +492,20 @@ class SqliteStore(Store):
                 return None
             payload = {"attempt": claim.attempt, "scripted": result.scripted}
             _events(db, claim.run_id, [(claim.step_id, "step_completed", payload)], now)
-            return _settle(db, claim.run_id, row["dependents"], now)
+            return _settle(db, claim.run_id, row["dependents"], now, eager)
 
         return await self._call(body)
 
-    async def skip_step(self, claim: Claim, reason: str, now: float) -> Settled | None:
+    async def skip_step(
+        self, claim: Claim, reason: str, now: float, eager: Eager | None = None
+    ) -> Settled | None:
         def body(db: Db) -> Settled | None:
             row = db.execute(Q["skip_step"], {**_fence(claim), "now": now}).fetchone()
             if row is None:
                 _refuse_stale(db, claim, now)
                 return None
             _events(db, claim.run_id, [(claim.step_id, "step_skipped", {"reason": reason})], now)
-            return _settle(db, claim.run_id, row["dependents"], now)
+            return _settle(db, claim.run_id, row["dependents"], now, eager)
 
         return await self._call(body)
 

@@ -13,6 +13,7 @@ from engine.store.base import (
     Claim,
     Conflict,
     Decision,
+    Eager,
     NewRun,
     NewStep,
     NotFound,
@@ -392,3 +393,16 @@ async def test_released_steps_go_back_untouched(store: Store) -> None:
 async def test_reopening_a_store_keeps_its_data(store: Store, second_store: Store) -> None:
     await store.create_run(diamond(), 1.0)
     assert (await second_store.get_run("r1")).flow == "diamond"
+
+
+async def test_a_settlement_can_claim_what_it_made_ready(store: Store) -> None:
+    """Eager claims take code steps and gates only, up to the capacity given."""
+    await store.create_run(diamond(), 1.0)
+    a = await claim_one(store, "a")
+    settled = await store.complete_step(a, StepResult("x"), 2.0, Eager("w1", 30, 5))
+    assert settled is not None
+    assert [(c.step_id, c.attempt, c.worker) for c in settled.claims] == [("c", 1, "w1")]
+    assert await claim_ids(store, 2.0, worker="w2") == ["b"]  # the agent step is left
+    c = settled.claims[0]
+    none = await store.complete_step(c, StepResult("x"), 3.0, Eager("w1", 30, 0))
+    assert none is not None and none.claims == ()
