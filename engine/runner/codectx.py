@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import re
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from engine.agents import AgentRequest, Backend
 from engine.errors import FlowrunnerError
-from engine.model.documents import PERSONA_NAME
 from engine.runner.outputs import compose
 from engine.runner.render import StepView
 from engine.store.base import AgentCall, Claim, Store
@@ -37,7 +34,7 @@ class Dispatcher:
     backend: Backend
     claim: Claim
     model: str
-    personas_dir: Path
+    personas: Mapping[str, str]
     recorded: Mapping[int, AgentCall]
     clock: Callable[[], float]
     sequence: int = 0
@@ -73,13 +70,11 @@ class Dispatcher:
         return reply.text
 
     def _persona_text(self, persona: str) -> str:
-        if not re.fullmatch(PERSONA_NAME, persona):
-            raise DispatchError(f"'{persona}' is not a persona name")
-        folder = self.personas_dir.resolve()
-        path = (folder / f"{persona}.md").resolve()
-        if not path.is_relative_to(folder) or not path.is_file():
-            raise DispatchError(f"persona '{persona}' not found in {self.personas_dir}")
-        return path.read_text("utf-8")
+        """From the run's snapshot: editing a persona never changes a run already started."""
+        if persona not in self.personas:
+            known = ", ".join(sorted(self.personas)) or "none"
+            raise DispatchError(f"persona '{persona}' is not in this run's snapshot ({known})")
+        return self.personas[persona]
 
 
 def latest_calls(calls: list[AgentCall], attempt: int) -> dict[int, AgentCall]:

@@ -162,7 +162,7 @@ class Executor:
             backend,
             claim,
             state.record.model,
-            self.project.personas_dir,
+            state.compiled.snapshot.personas,
             recorded,
             self.clock,
         )

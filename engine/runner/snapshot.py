@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -18,10 +19,12 @@ from engine.config import Project
 from engine.core.plan import RunPlan, make_plan
 from engine.errors import FlowrunnerError
 from engine.lint import CheckedFlow
-from engine.model.documents import AgentStep, ApprovalStep, CodeStep, Flow, Step
+from engine.model.documents import PERSONA_NAME, AgentStep, ApprovalStep, CodeStep, Flow, Step
 from engine.model.graph import Ancestry, StepGraph
 from engine.model.source import load_yaml
 from engine.templates import step_reads
+
+MAX_PERSONA_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,12 +63,20 @@ class Snapshot:
 
     @classmethod
     def take(cls, checked: CheckedFlow, project: Project) -> Snapshot:
-        """Snapshot a validated flow with the text of every persona its steps use."""
-        personas = {}
-        for step in checked.flow.steps:
-            if isinstance(step, AgentStep) and step.persona is not None:
-                path = project.personas_dir / f"{step.persona}.md"
-                personas[step.persona] = path.read_text("utf-8")
+        """Snapshot a validated flow with the text of every persona of the project.
+
+        All of them, not only those the agent steps name: a code step may
+        `ctx.dispatch` to any persona, and that must not change mid-run either.
+        """
+        folder = project.personas_dir
+        personas = {
+            path.stem: path.read_text("utf-8")
+            for path in sorted(folder.glob("*.md"))
+            if re.fullmatch(PERSONA_NAME, path.stem) and path.stat().st_size <= MAX_PERSONA_BYTES
+        }
+        for step in checked.flow.steps:  # lint checked these exist, whatever their size
+            if isinstance(step, AgentStep) and step.persona and step.persona not in personas:
+                personas[step.persona] = (folder / f"{step.persona}.md").read_text("utf-8")
         return cls(str(checked.path), checked.source, checked.prompts, personas, checked.order)
 
 

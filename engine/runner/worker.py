@@ -269,6 +269,19 @@ class Worker:
                 key = _key(claim)
                 if key not in held and key in self.active:
                     self.active[key][1].cancel()
+                    await self._count_lost(claim)
+
+    async def _count_lost(self, claim: Claim) -> None:
+        """A claim found lost by a heartbeat: unless its run was cancelled (or it failed),
+        another worker took the step over while this one was paused or cut off. Its
+        result will never be written; count that as a refused stale result."""
+        with contextlib.suppress(StoreError):
+            run = await self.store.get_run(claim.run_id)
+            if run.status is RunStatus.RUNNING:
+                payload = {"worker": claim.worker, "attempt": claim.attempt, "seen": "heartbeat"}
+                await self.store.append_event(
+                    claim.run_id, claim.step_id, "stale_result_refused", payload, self.clock()
+                )
 
     # Runs
 

@@ -789,8 +789,8 @@ async def test_dispatches_are_recorded_with_sequence_numbers(
 @pytest.mark.parametrize(
     ("persona", "error"),
     [
-        ("../etc/passwd", "DispatchError: '../etc/passwd' is not a persona name"),
-        ("ghost", "DispatchError: persona 'ghost' not found"),
+        ("../etc/passwd", "DispatchError: persona '../etc/passwd' is not in this run's snapshot"),
+        ("ghost", "DispatchError: persona 'ghost' is not in this run's snapshot"),
     ],
 )
 async def test_a_dispatch_to_an_unknown_persona_fails_the_attempt(
