@@ -23,7 +23,7 @@ from typing import Any
 from engine.agents import Backend, ReplayBackend
 from engine.config import Project
 from engine.core.decisions import GiveUp, after_failure
-from engine.core.plan import SETTLED, RunStatus
+from engine.core.plan import SETTLED, RunStatus, StepStatus
 from engine.errors import Conflict, StoreError
 from engine.model.documents import ApprovalStep
 from engine.runner.execute import AttemptFailed, Done, Executor, Publish, Skip, StepFailed, Wait
@@ -272,12 +272,12 @@ class Worker:
                     await self._count_lost(claim)
 
     async def _count_lost(self, claim: Claim) -> None:
-        """A claim found lost by a heartbeat: unless its run was cancelled (or it failed),
-        another worker took the step over while this one was paused or cut off. Its
-        result will never be written; count that as a refused stale result."""
+        """A claim found lost by a heartbeat: unless the step was cancelled (with its run),
+        another worker took it over while this one was paused or cut off. Its result
+        will never be written; count that as a refused stale result."""
         with contextlib.suppress(StoreError):
-            run = await self.store.get_run(claim.run_id)
-            if run.status is RunStatus.RUNNING:
+            (step,) = await self.store.get_steps(claim.run_id, [claim.step_id])
+            if step.status is not StepStatus.CANCELLED:
                 payload = {"worker": claim.worker, "attempt": claim.attempt, "seen": "heartbeat"}
                 await self.store.append_event(
                     claim.run_id, claim.step_id, "stale_result_refused", payload, self.clock()

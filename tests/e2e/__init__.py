@@ -1,0 +1,1 @@
+"""End-to-end tests: the real ``flowrunner`` CLI in subprocesses on a real SQLite file."""
