@@ -265,6 +265,7 @@ class SqliteStore(Store):
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA foreign_keys=ON")
+            db.execute("PRAGMA cache_size=-65536")  # 64 MiB: a large run stays in memory
             self._db = db
 
         loop = asyncio.get_running_loop()
