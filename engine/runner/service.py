@@ -178,21 +178,15 @@ class RunDetails:
     steps: list[StepRecord]
 
     def as_json(self) -> dict[str, Any]:
+        """A run as ``show --json`` prints it: its summary, then everything else."""
         run = self.run
         return {
-            "id": run.id,
-            "flow": run.flow,
-            "status": str(run.status),
-            "band": run.band,
-            "model": run.model,
+            **summary(run),
             "inputs": run.inputs,
             "report": run.report,
-            "error": run.error,
             "launched_by": run.launched_by,
             "replay_of": run.replay_of,
-            "created_at": run.created_at,
             "updated_at": run.updated_at,
-            "finished_at": run.finished_at,
             "steps": [
                 {
                     "id": step.id,
