@@ -332,10 +332,6 @@ class Store(ABC):
         """Whether anything could be claimed now or later (of one run when ``run_id`` is
         given), gates waiting excluded."""
 
-    @abstractmethod
-    async def next_wakeup(self, now: float) -> float | None:
-        """The earliest time a retry, a lease expiry or a gate deadline falls due."""
-
     # Agent calls
 
     @abstractmethod

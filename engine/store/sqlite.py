@@ -661,11 +661,6 @@ class SqliteStore(Store):
         rows = await self._read("has_work", {"run_id": run_id})
         return bool(rows[0][0])
 
-    async def next_wakeup(self, now: float) -> float | None:
-        rows = await self._read("next_wakeup", {})
-        value = rows[0][0]
-        return float(value) if value is not None else None
-
     # Agent calls and notes
 
     async def record_agent_call(self, call: AgentCall) -> None:

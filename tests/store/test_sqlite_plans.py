@@ -12,7 +12,7 @@ import pytest
 
 from engine.store.queries import load_migrations, load_queries
 
-HOT = ["claimable_ready", "claimable_expired", "has_work", "next_wakeup", "expired_gates"]
+HOT = ["claimable_ready", "claimable_expired", "claimable_step", "has_work", "expired_gates"]
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def db() -> sqlite3.Connection:
 @pytest.mark.parametrize("name", HOT)
 def test_hot_queries_never_scan_steps_or_sort(db: sqlite3.Connection, name: str) -> None:
     query = load_queries("sqlite")[name]
-    params = {"now": 1.0, "limit": 8, "run_id": None}
+    params = {"now": 1.0, "limit": 8, "run_id": None, "step_id": "s"}
     plan = [row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {query}", params)]
     for step in plan:
         assert not (step.startswith("SCAN") and "USING" not in step and "CONSTANT" not in step), (

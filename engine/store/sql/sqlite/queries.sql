@@ -225,16 +225,6 @@ SELECT EXISTS (
     WHERE status = 'running' AND unsettled = 0 AND (:run_id IS NULL OR id = :run_id)
 );
 
--- name: next_wakeup
-SELECT min(t) FROM (
-    SELECT min(s.ready_at) AS t FROM steps s CROSS JOIN runs r
-    WHERE s.status = 'pending' AND s.waiting_on = 0 AND r.id = s.run_id AND r.status = 'running'
-    UNION ALL
-    SELECT min(lease_expires) FROM steps WHERE status = 'running'
-    UNION ALL
-    SELECT min(deadline) FROM steps WHERE status = 'waiting'
-);
-
 -- name: record_agent_call
 INSERT OR REPLACE INTO agent_calls (
     run_id, step_id, attempt, sequence, persona, prompt, output, backend, scripted, at
