@@ -44,6 +44,9 @@ class Settings(BaseSettings):
         default="", description="Extra code roots, separated like PATH (os.pathsep)."
     )
     api_token: str | None = Field(default=None, description="Bearer token of the HTTP API.")
+    api_tokens_file: str | None = Field(
+        default=None, description="JSON file mapping bearer tokens to identities."
+    )
     max_agents: int = Field(default=8, ge=1, description="Agent steps running at once per worker.")
     max_code: int = Field(
         default=8, ge=1, description="Code steps and gates handled at once per worker."

@@ -10,12 +10,12 @@ from typing import Annotated
 import typer
 
 from engine import schema
-from engine.cli import graph, runs
+from engine.cli import graph, runs, serve
 from engine.cli.common import app, fail, open_project
 from engine.lint import lint_paths
 from engine.lint.output import FORMATS
 
-__all__ = ["app", "graph", "main", "runs"]
+__all__ = ["app", "graph", "main", "runs", "serve"]
 
 
 class Format(StrEnum):

@@ -1,0 +1,121 @@
+"""Routes about flows: list, read, lint, launch, and the flow schema."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from engine import errors
+from engine.api.context import Api, Context, Identity
+from engine.lint import CheckedFlow, check_file, check_text, flow_files
+from engine.lint.pipeline import LintReport
+from engine.runner import service
+from engine.schema import render as render_schema
+
+router = APIRouter(prefix="/v1")
+
+
+class LaunchBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: dict[str, Any] = Field(default_factory=dict, description="The flow's inputs.")
+    band: str | None = Field(default=None, description="The band (default: the first).")
+    model: str | None = Field(default=None, description="The model (default: configured).")
+
+
+def find(context: Api, name: str) -> Path:
+    for path in flow_files([context.project.flows_dir]):
+        if path.stem == name:
+            return path
+    raise errors.NotFound(f"no flow '{name}' in flows/")
+
+
+def checked(context: Api, name: str) -> CheckedFlow:
+    result = check_file(find(context, name), context.project)
+    if result.checked is None:
+        details = [d.as_json() for d in result.diagnostics]
+        raise errors.InvalidFlow(f"flow '{name}' does not pass lint", details)
+    return result.checked
+
+
+@router.get("/flows", tags=["flows"])
+async def list_flows(context: Context, who: Identity) -> dict[str, Any]:
+    """Every flow of the project with its lint status."""
+    found = []
+    for path in flow_files([context.project.flows_dir]):
+        result = check_file(path, context.project)
+        errors_count = sum(d.severity == "error" for d in result.diagnostics)
+        flow = result.checked.flow if result.checked else None
+        found.append(
+            {
+                "name": flow.name if flow else path.stem,
+                "file": path.name,
+                "description": flow.description if flow else None,
+                "valid": result.checked is not None,
+                "errors": errors_count,
+                "warnings": len(result.diagnostics) - errors_count,
+            }
+        )
+    return {"flows": found}
+
+
+@router.get("/flows/{name}", tags=["flows"])
+async def get_flow(name: str, context: Context, who: Identity) -> dict[str, Any]:
+    """A flow's definition, inputs, steps and graph (edges as [need, step])."""
+    flow = checked(context, name).flow
+    return {
+        "name": flow.name,
+        "description": flow.description,
+        "bands": flow.bands,
+        "inputs": {k: v.model_dump(exclude_none=True) for k, v in flow.inputs.items()},
+        "steps": [
+            {"id": s.id, "kind": s.kind, "title": s.title, "needs": s.needs} for s in flow.steps
+        ],
+        "graph": [[need, step.id] for step in flow.steps for need in step.needs],
+        "definition": flow.model_dump(by_alias=True, exclude_none=True, mode="json"),
+    }
+
+
+@router.post("/lint", tags=["flows"])
+async def lint(request: Request, context: Context, who: Identity) -> dict[str, Any]:
+    """Lint the YAML of the request body, exactly as ``flowrunner lint --format json``."""
+    body = await request.body()
+    text = body.decode("utf-8", errors="replace")
+    path = context.project.flows_dir / "request.yaml"
+    report = LintReport()
+    report.add(check_text(text, path, context.project, shown="request.yaml"))
+    return {"files": report.files, "diagnostics": [d.as_json() for d in report.diagnostics]}
+
+
+@router.post("/flows/{name}/runs", status_code=201, tags=["runs"])
+async def launch(
+    name: str,
+    body: LaunchBody,
+    context: Context,
+    who: Identity,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> dict[str, Any]:
+    """Launch a run; the same ``Idempotency-Key`` with the same body returns the same run."""
+    run_id, created = await service.launch(
+        context.store,
+        context.project,
+        checked(context, name),
+        inputs=body.inputs,
+        band=body.band,
+        model=body.model,
+        launched_by=who,
+        idempotency_key=idempotency_key,
+        now=time.time(),
+    )
+    return {"id": run_id, "created": created}
+
+
+@router.get("/schema", tags=["flows"])
+async def schema(who: Identity) -> Response:
+    """``schema.json``: the JSON Schema of a flow file."""
+    return Response(render_schema(), media_type="application/schema+json")

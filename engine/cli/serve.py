@@ -1,0 +1,92 @@
+"""``flowrunner serve``: the HTTP API and a worker in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import socket
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from engine.api.app import create_app
+from engine.api.context import Api
+from engine.api.frames import Frames
+from engine.cli.common import app, fail, open_project
+from engine.config import Project
+from engine.runner.setup import agent_backend, open_store
+from engine.runner.worker import Worker
+
+API_IDENTITY = "api"
+"""The identity of ``FLOWRUNNER_API_TOKEN`` (a tokens file names its own)."""
+
+
+def api_tokens(project: Project) -> dict[str, str] | None:
+    """Bearer tokens and their identities, from the settings; None when there are none."""
+    settings = project.settings
+    tokens: dict[str, str] = {}
+    if settings.api_tokens_file:
+        path = project.root / settings.api_tokens_file
+        try:
+            loaded = json.loads(path.read_text("utf-8"))
+        except (OSError, ValueError) as exc:
+            raise fail(f"FLOWRUNNER_API_TOKENS_FILE {path}: {exc}") from None
+        if not isinstance(loaded, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and k for k, v in loaded.items()
+        ):
+            raise fail(f"FLOWRUNNER_API_TOKENS_FILE {path}: expected an object of token: identity")
+        tokens.update(loaded)
+    if settings.api_token:
+        tokens[settings.api_token] = API_IDENTITY
+    return tokens or None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        with contextlib.suppress(OSError):
+            return all(
+                ipaddress.ip_address(info[4][0]).is_loopback
+                for info in socket.getaddrinfo(host, None)
+            )
+        return False
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    worker: Annotated[bool, typer.Option(help="Run a worker in this process too.")] = True,
+) -> None:
+    """Serve the HTTP API (and a worker); takes over unfinished runs at start."""
+    project = open_project()
+    tokens = api_tokens(project)
+    if tokens is None and not is_loopback(host):
+        raise fail(f"refusing to listen on {host} without FLOWRUNNER_API_TOKEN (or a tokens file)")
+
+    async def main() -> None:
+        store = open_store(project)
+        await store.open()
+        frames = Frames()
+        runner = None
+        if worker:
+            runner = Worker(store, project, agent_backend(project))
+            runner.subscribers.append(frames.publish)
+        api = create_app(Api(project, store, tokens, frames))
+        server = uvicorn.Server(uvicorn.Config(api, host=host, port=port, log_level="info"))
+        work = asyncio.create_task(runner.run()) if runner else None
+        try:
+            await server.serve()
+        finally:
+            if runner is not None and work is not None:
+                runner.stop()
+                await work
+            await store.close()
+
+    asyncio.run(main())
