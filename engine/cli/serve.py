@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 import uvicorn
 
-from engine.api.app import create_app
+from engine.api.app import create_app, dump_openapi
 from engine.api.context import Api
 from engine.api.frames import Frames
 from engine.cli.common import app, fail, open_project
@@ -56,6 +56,25 @@ def is_loopback(host: str) -> bool:
                 for info in socket.getaddrinfo(host, None)
             )
         return False
+
+
+@app.command()
+def openapi(
+    check: Annotated[bool, typer.Option("--check", help="Fail if the file is stale.")] = False,
+) -> None:
+    """Write docs/openapi.json (the HTTP API's OpenAPI document) or check it is up to date."""
+    project = open_project()
+    target = project.root / "docs" / "openapi.json"
+    store = open_store(project)  # not opened: the document needs no database
+    text = dump_openapi(create_app(Api(project, store)))
+    if check:
+        if not target.is_file() or target.read_text("utf-8") != text:
+            raise fail(f"{target} is stale: run 'flowrunner openapi'", 1)
+        typer.echo(f"{target} is up to date")
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text, "utf-8")
+    typer.echo(f"wrote {target}")
 
 
 @app.command()

@@ -118,7 +118,10 @@ async def launch(
         request_hash=request_hash(flow.name, inputs, band, model) if idempotency_key else None,
         replay_of=replay_of,
     )
-    return await store.create_run(run, now)
+    try:
+        return await store.create_run(run, now)
+    except Conflict as exc:  # the key was used with another request: the request is wrong
+        raise InvalidInput(exc.message, {"idempotency_key": idempotency_key}) from exc
 
 
 async def compiled_flow(store: Store, run_id: str) -> CompiledFlow:
