@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
@@ -10,6 +12,8 @@ from starlette.exceptions import HTTPException
 
 from engine.api.frames import Frames
 from engine.config import Project
+from engine.lint import CheckedFlow, FileResult, check_file
+from engine.model.documents import AgentStep
 from engine.store.base import Store
 
 ANONYMOUS = "anonymous"
@@ -23,6 +27,47 @@ class Api:
     store: Store
     tokens: dict[str, str] | None = None
     frames: Frames = field(default_factory=Frames)
+    on_change: Callable[[], None] = lambda: None
+    """Called after a change a worker should see at once (a launch, a decision, a retry)."""
+    checked: dict[Path, tuple[tuple[int, ...], CheckedFlow]] = field(default_factory=dict)
+    """Validated flows by file, with the file signature they were checked at."""
+
+    def checked_flow(self, path: Path) -> FileResult:
+        """The flow in ``path`` checked, reusing the last check while no file it reads changed."""
+        signature = _signature(path, self.project.personas_dir)
+        cached = self.checked.get(path)
+        if cached is not None and cached[0] == signature + _prompt_signature(cached[1]):
+            return FileResult(str(path), [], cached[1])
+        result = check_file(path, self.project)
+        if result.checked is not None:
+            self.checked[path] = (signature + _prompt_signature(result.checked), result.checked)
+        return result
+
+
+def _stat(path: Path) -> tuple[int, ...]:
+    try:
+        found = path.stat()
+    except OSError:
+        return (-1,)
+    return (found.st_mtime_ns, found.st_size)
+
+
+def _signature(path: Path, personas: Path) -> tuple[int, ...]:
+    return (
+        _stat(path)
+        + _stat(personas)
+        + tuple(n for persona in sorted(personas.glob("*.md")) for n in _stat(persona))
+    )
+
+
+def _prompt_signature(checked: CheckedFlow) -> tuple[int, ...]:
+    folder = checked.path.parent
+    return tuple(
+        n
+        for step in checked.flow.steps
+        if isinstance(step, AgentStep) and step.prompt_file
+        for n in _stat(folder / step.prompt_file)
+    )
 
 
 def api(request: Request) -> Api:

@@ -53,6 +53,8 @@ async def _frames(
                 return
             with contextlib.suppress(TimeoutError):
                 frame = await asyncio.wait_for(queue.get(), POLL_SECONDS)
-                yield {"event": "delta", "data": json.dumps(frame)}
+                if frame["event"] == "delta":
+                    yield {"event": "delta", "data": json.dumps(frame)}
+                # any other frame says the run changed here: read the store at once
     finally:
         frames.unsubscribe(run_id, queue)

@@ -36,7 +36,7 @@ def find(context: Api, name: str) -> Path:
 
 
 def checked(context: Api, name: str) -> CheckedFlow:
-    result = check_file(find(context, name), context.project)
+    result = context.checked_flow(find(context, name))
     if result.checked is None:
         details = [d.as_json() for d in result.diagnostics]
         raise errors.InvalidFlow(f"flow '{name}' does not pass lint", details)
@@ -112,6 +112,7 @@ async def launch(
         idempotency_key=idempotency_key,
         now=time.time(),
     )
+    context.on_change()
     return {"id": run_id, "created": created}
 
 

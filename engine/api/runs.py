@@ -68,12 +68,16 @@ async def get_run(run_id: str, context: Context, who: Identity) -> dict[str, Any
 
 @router.post("/runs/{run_id}/cancel", tags=["runs"])
 async def cancel(run_id: str, context: Context, who: Identity) -> dict[str, Any]:
+    """Cancel a running run: its running steps stop within a second."""
     return service.summary(await service.cancel(context.store, run_id, time.time()))
 
 
 @router.post("/runs/{run_id}/retry", tags=["runs"])
 async def retry(run_id: str, context: Context, who: Identity) -> dict[str, Any]:
-    return service.summary(await service.retry(context.store, run_id, time.time()))
+    """Run a failed or cancelled run again in place; completed steps keep their outputs."""
+    run = await service.retry(context.store, run_id, time.time())
+    context.on_change()
+    return service.summary(run)
 
 
 async def _decide(
@@ -89,6 +93,7 @@ async def _decide(
         payload=body.payload,
         now=time.time(),
     )
+    context.on_change()
     return {"id": record.id, "status": str(record.status), "data": record.data}
 
 

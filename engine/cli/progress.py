@@ -70,6 +70,8 @@ class Progress:
             step.status, step.ended = "pending", event.at
 
     def delta(self, frame: dict[str, Any]) -> None:
+        if frame["event"] != "delta":
+            return
         step_id = frame["step_id"]
         self.streams[step_id] = (self.streams.get(step_id, "") + frame["text"])[-4000:]
         self.focus = step_id

@@ -97,7 +97,10 @@ def serve(
         if worker:
             runner = Worker(store, project, agent_backend(project))
             runner.subscribers.append(frames.publish)
-        api = create_app(Api(project, store, tokens, frames))
+        context = Api(project, store, tokens, frames)
+        if runner is not None:
+            context.on_change = runner.wake.set
+        api = create_app(context)
         server = uvicorn.Server(uvicorn.Config(api, host=host, port=port, log_level="info"))
         work = asyncio.create_task(runner.run()) if runner else None
         try:

@@ -217,6 +217,7 @@ class Worker:
         finally:
             self.active.pop(_key(claim), None)
             self.wake.set()
+            self.publish({"run_id": claim.run_id, "step_id": claim.step_id, "event": "changed"})
 
     async def _record(self, state: RunState, claim: Claim, outcome: Done | Skip | Wait) -> None:
         now = self.clock()

@@ -988,10 +988,11 @@ async def test_openai_backend_end_to_end_streams_deltas_to_subscribers(
         [{"role": "user", "content": f"Plain.{SEPARATOR}Say fine"}],
     ]
     assert all(b["model"] == "tiny" and b["stream"] is True for b in bodies)
-    review_frames = [f for f in frames if f["step_id"] == "review"]
+    deltas = [f for f in frames if f["event"] == "delta"]
+    review_frames = [f for f in deltas if f["step_id"] == "review"]
     assert len(review_frames) > 1, "the reply did not arrive in several deltas"
     assert "".join(f["text"] for f in review_frames) == found["review"].output
-    assert {(f["run_id"], f["event"]) for f in frames} == {(run_id, "delta")}
+    assert {(f["run_id"], f["event"]) for f in frames} == {(run_id, "delta"), (run_id, "changed")}
 
 
 async def test_openai_backend_http_error_fails_the_attempt(

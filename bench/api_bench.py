@@ -1,0 +1,122 @@
+"""Launch throughput and latency of `flowrunner serve` on SQLite, and SSE delivery latency.
+
+Run: ``python bench/api_bench.py`` (``--launches N``). Starts ``serve`` (API and
+worker) on a free loopback port in a throw-away copy of the hello flow with the
+scripted backend, then: N launches by 1 client, then by 20 concurrent
+clients (launches per second, p50 and p99 latency); then the time from a
+state change (a run's launch) to its first event reaching an SSE client.
+Target: p99 launch under 25 ms at 20 concurrent clients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+FLOWRUNNER = Path(sys.executable).parent / "flowrunner"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def launches(base: str, count: int, clients: int) -> list[float]:
+    latencies: list[float] = []
+    queue = list(range(count))
+
+    async def client() -> None:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+            while queue:
+                queue.pop()
+                started = time.perf_counter()
+                response = await http.post("/v1/flows/hello/runs", json={"inputs": {}})
+                latencies.append(time.perf_counter() - started)
+                response.raise_for_status()
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return latencies
+
+
+def summary(label: str, latencies: list[float], seconds: float) -> None:
+    ordered = sorted(latencies)
+    p50 = statistics.median(ordered) * 1000
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
+    rate = len(ordered) / seconds
+    print(f"{label:<24} {rate:>9.0f}/s   p50 {p50:>7.2f} ms   p99 {p99:>7.2f} ms")
+
+
+async def sse_latency(base: str, samples: int) -> list[float]:
+    found = []
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        for _ in range(samples):
+            started = time.perf_counter()
+            run = (await http.post("/v1/flows/hello/runs", json={"inputs": {}})).json()["id"]
+            headers = {"Accept": "text/event-stream"}
+            async with http.stream("GET", f"/v1/runs/{run}/events", headers=headers) as stream:
+                async for line in stream.aiter_lines():
+                    if line.startswith("event: step_started"):
+                        found.append(time.perf_counter() - started)
+                        break
+    return found
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--launches", type=int, default=500)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as name:
+        project = Path(name)
+        for folder in ("flows", "personas", "code_steps", "replies"):
+            shutil.copytree(ROOT / folder, project / folder)
+        port = free_port()
+        env = {
+            **os.environ,
+            "FLOWRUNNER_AGENT_BACKEND": "scripted",
+            "FLOWRUNNER_SCRIPTED_REPLIES": "replies/hello.yaml",
+        }
+        server = subprocess.Popen(
+            [str(FLOWRUNNER), "serve", "--port", str(port)],
+            cwd=project,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            async with httpx.AsyncClient(base_url=base) as http:
+                for _ in range(100):
+                    try:
+                        await http.get("/healthz")
+                        break
+                    except httpx.TransportError:
+                        await asyncio.sleep(0.1)
+            for clients in (1, 20):
+                started = time.perf_counter()
+                latencies = await launches(base, args.launches, clients)
+                summary(f"launch, {clients} client(s)", latencies, time.perf_counter() - started)
+            delivered = await sse_latency(base, 20)
+            print(
+                f"SSE: launch to first step event  p50 {statistics.median(delivered) * 1000:.1f} ms"
+                f"   max {max(delivered) * 1000:.1f} ms"
+            )
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
