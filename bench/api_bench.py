@@ -77,6 +77,14 @@ async def sse_latency(base: str, samples: int) -> list[float]:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--launches", type=int, default=500)
+    parser.add_argument(
+        "--no-worker",
+        dest="serve",
+        action="store_const",
+        const=["--no-worker"],
+        default=[],
+        help="serve without its worker: launches only",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as name:
         project = Path(name)
@@ -89,7 +97,7 @@ async def main() -> None:
             "FLOWRUNNER_SCRIPTED_REPLIES": "replies/hello.yaml",
         }
         server = subprocess.Popen(
-            [str(FLOWRUNNER), "serve", "--port", str(port)],
+            [str(FLOWRUNNER), "serve", "--port", str(port), *args.serve],
             cwd=project,
             env=env,
             stdout=subprocess.DEVNULL,
@@ -108,6 +116,8 @@ async def main() -> None:
                 started = time.perf_counter()
                 latencies = await launches(base, args.launches, clients)
                 summary(f"launch, {clients} client(s)", latencies, time.perf_counter() - started)
+            if args.serve:
+                return  # no worker: no events to deliver
             delivered = await sse_latency(base, 20)
             print(
                 f"SSE: launch to first step event  p50 {statistics.median(delivered) * 1000:.1f} ms"

@@ -9,13 +9,13 @@ rendered as a template or imported as code: flows come from the project's
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine import errors
 from engine.api import flows, runs
@@ -39,23 +39,6 @@ def create_app(context: Api, *, max_body: int = 1024 * 1024) -> FastAPI:
     """The API over ``context``'s store and project; bodies over ``max_body`` bytes get 413."""
     app = FastAPI(title="flowrunner", version="1", docs_url="/docs")
     app.state.api = context
-    too_large = error_body("too_large", f"request body larger than {max_body} bytes")
-
-    @app.middleware("http")
-    async def limit_body(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > max_body):
-            return JSONResponse(too_large, status_code=413)
-        if length is None and request.method in ("POST", "PUT", "PATCH"):
-            body = b""
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > max_body:
-                    return JSONResponse(too_large, status_code=413)
-            request._body = body  # the routes read the body already received
-        return await call_next(request)
 
     @app.exception_handler(errors.FlowrunnerError)
     async def engine_error(request: Request, exc: errors.FlowrunnerError) -> JSONResponse:
@@ -85,7 +68,58 @@ def create_app(context: Api, *, max_body: int = 1024 * 1024) -> FastAPI:
 
     app.include_router(flows.router)
     app.include_router(runs.router)
+    app.add_middleware(BodyLimit, max_body=max_body)
     return app
+
+
+class _TooLarge(Exception):
+    """A request body went past the limit while it was being received."""
+
+
+class BodyLimit:
+    """413 for a request body over ``max_body`` bytes, declared or streamed.
+
+    A plain ASGI middleware (Starlette's ``BaseHTTPMiddleware`` costs a task
+    group per request, a third of a launch's time here).
+    """
+
+    def __init__(self, app: ASGIApp, max_body: int) -> None:
+        self.app = app
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
+            await self._refuse(scope, receive, send)
+            return
+        received = 0
+        started = False
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_body:
+                raise _TooLarge
+            return message
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, watched)
+        except _TooLarge:
+            if not started:
+                await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = error_body("too_large", f"request body larger than {self.max_body} bytes")
+        await JSONResponse(body, status_code=413)(scope, receive, send)
 
 
 def dump_openapi(app: FastAPI) -> str:
