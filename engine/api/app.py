@@ -72,15 +72,12 @@ def create_app(context: Api, *, max_body: int = 1024 * 1024) -> FastAPI:
     return app
 
 
-class _TooLarge(Exception):
-    """A request body went past the limit while it was being received."""
-
-
 class BodyLimit:
     """413 for a request body over ``max_body`` bytes, declared or streamed.
 
     A plain ASGI middleware (Starlette's ``BaseHTTPMiddleware`` costs a task
-    group per request, a third of a launch's time here).
+    group per request, a third of a launch's time here). A body without a
+    Content-Length is received in full, up to the limit, before the app sees it.
     """
 
     def __init__(self, app: ASGIApp, max_body: int) -> None:
@@ -92,30 +89,28 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
-            await self._refuse(scope, receive, send)
+        if declared is not None:
+            if not declared.isdigit() or int(declared) > self.max_body:
+                await self._refuse(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
+        messages: list[Message] = []
         received = 0
-        started = False
-
-        async def counted() -> Message:
-            nonlocal received
+        while True:
             message = await receive()
+            messages.append(message)
             received += len(message.get("body", b""))
             if received > self.max_body:
-                raise _TooLarge
-            return message
-
-        async def watched(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counted, watched)
-        except _TooLarge:
-            if not started:
                 await self._refuse(scope, receive, send)
+                return
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = error_body("too_large", f"request body larger than {self.max_body} bytes")

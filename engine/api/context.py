@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,3 +94,22 @@ Context = Annotated[Api, Depends(api)]
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     """The one shape of every error the API returns."""
     return {"error": {"code": code, "message": message, "details": details}}
+
+
+def plain_json(value: Any, where: str = "body") -> None:
+    """Refuse what JSON parsing lets through but nothing can store or send back:
+    lone surrogates in strings, and non-finite numbers (NaN, Infinity, 1e999)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{where}: not valid Unicode (a lone surrogate)") from None
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where}: not a finite number")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            plain_json(key, where)
+            plain_json(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            plain_json(item, f"{where}[{index}]")

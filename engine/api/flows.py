@@ -8,10 +8,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engine import errors
-from engine.api.context import Api, Context, Identity
+from engine.api.context import Api, Context, Identity, plain_json
 from engine.lint import CheckedFlow, check_file, check_text, flow_files
 from engine.lint.pipeline import LintReport
 from engine.runner import service
@@ -26,6 +26,11 @@ class LaunchBody(BaseModel):
     inputs: dict[str, Any] = Field(default_factory=dict, description="The flow's inputs.")
     band: str | None = Field(default=None, description="The band (default: the first).")
     model: str | None = Field(default=None, description="The model (default: configured).")
+
+    @model_validator(mode="after")
+    def _plain(self) -> LaunchBody:
+        plain_json(self.model_dump(), "launch")
+        return self
 
 
 def find(context: Api, name: str) -> Path:

@@ -8,10 +8,10 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engine import errors
-from engine.api.context import Context, Identity
+from engine.api.context import Context, Identity, plain_json
 from engine.api.events import event_stream
 from engine.runner import service
 
@@ -23,6 +23,11 @@ class DecisionBody(BaseModel):
 
     comment: str = Field(default="", max_length=10_000, description="Why.")
     payload: dict[str, Any] = Field(default_factory=dict, description="The gate's form values.")
+
+    @model_validator(mode="after")
+    def _plain(self) -> DecisionBody:
+        plain_json(self.model_dump(), "decision")
+        return self
 
 
 def _cursor(value: str | None) -> tuple[float, str] | None:

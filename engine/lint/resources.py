@@ -111,7 +111,7 @@ def check_calls(flow: Flow, project: Project, report: Reporter) -> None:
         if isinstance(function, calls.CallError):
             message = f"cannot resolve '{step.call}': {function}"
             if isinstance(function, calls.NotInRoots):
-                message += f" ({', '.join(shown_path(root) for root in project.code_roots)})"
+                message += f" ({', '.join(_root(root, project) for root in project.code_roots)})"
             report.at_value(f"/steps/{index}/call", "FR011", message)
             continue
         problem = calls.signature_problem(function, step.with_)
@@ -122,6 +122,14 @@ def check_calls(flow: Flow, project: Project, report: Reporter) -> None:
                 f"'{step.call}' cannot be called with ctx and the `with` keys "
                 f"({', '.join(step.with_) or 'none'}): {problem}",
             )
+
+
+def _root(root: Path, project: Project) -> str:
+    """A code root as messages name it: relative to the project when inside it, so no
+    server path leaks through the HTTP API."""
+    if root.is_relative_to(project.root):
+        return str(root.relative_to(project.root))
+    return shown_path(root)
 
 
 def _shown(path: Path, project: Project) -> str:

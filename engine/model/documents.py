@@ -7,6 +7,7 @@ generated from them, so every field carries a description for editors.
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from typing import Annotated, Any, Literal
@@ -59,20 +60,34 @@ class Document(BaseModel):
 def type_error(value_type: str, items: str | None, value: Any) -> str | None:
     """Why ``value`` is not of ``value_type`` (with ``items`` for arrays), or None if it is."""
     checks: dict[str, Any] = {
-        "string": lambda v: isinstance(v, str),
+        "string": lambda v: isinstance(v, str) and _unicode(v),
         "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-        "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+        "number": lambda v: (
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        ),
         "boolean": lambda v: isinstance(v, bool),
         "array": lambda v: isinstance(v, list),
         "object": lambda v: isinstance(v, dict),
     }
     if not checks[value_type](value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"expected a finite {value_type}, got {value}"
+        if value_type == "string" and isinstance(value, str):
+            return "not valid Unicode (a lone surrogate)"
         return f"expected {value_type}, got {json_type(value)}"
     if value_type == "array" and items is not None:
         for index, item in enumerate(value):
             if not checks[items](item):
                 return f"item {index}: expected {items}, got {json_type(item)}"
     return None
+
+
+def _unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def json_type(value: Any) -> str:
