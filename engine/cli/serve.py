@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import ipaddress
 import json
+import signal
 import socket
+from collections.abc import Iterator
 from typing import Annotated
 
 import typer
@@ -17,8 +19,27 @@ from engine.api.context import Api
 from engine.api.frames import Frames
 from engine.cli.common import app, fail, open_project
 from engine.config import Project
+from engine.errors import FlowrunnerError
 from engine.runner.setup import agent_backend, open_store
 from engine.runner.worker import Worker
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, minus re-raising SIGTERM/SIGINT once it has stopped: ``serve``
+    still has to stop its worker (running steps get their grace period, the rest are
+    handed back) and close the store before it exits."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.handle_exit, sig, None)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
 
 API_IDENTITY = "api"
 """The identity of ``FLOWRUNNER_API_TOKEN`` (a tokens file names its own)."""
@@ -101,7 +122,7 @@ def serve(
         if runner is not None:
             context.on_change = runner.wake.set
         api = create_app(context)
-        server = uvicorn.Server(uvicorn.Config(api, host=host, port=port, log_level="info"))
+        server = Server(uvicorn.Config(api, host=host, port=port, log_level="info"))
         work = asyncio.create_task(runner.run()) if runner else None
         try:
             await server.serve()
@@ -111,4 +132,7 @@ def serve(
                 await work
             await store.close()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except FlowrunnerError as exc:
+        raise fail(exc.message) from None
