@@ -60,6 +60,17 @@ class Settings(BaseSettings):
     poll_seconds: float = Field(
         default=0.5, gt=0, description="How often an idle worker looks for work."
     )
+    db_pool_size: int = Field(
+        default=10, ge=1, description="PostgreSQL: connections per process at most."
+    )
+    db_statement_timeout: float = Field(
+        default=30, gt=0, description="PostgreSQL: seconds one statement may run."
+    )
+    db_retry_seconds: float = Field(
+        default=30,
+        ge=0,
+        description="PostgreSQL: how long a lost connection is retried (with backoff).",
+    )
     max_render_bytes: int = Field(
         default=1_000_000, ge=1000, description="Cap on one rendered template."
     )

@@ -8,6 +8,7 @@ from engine.agents import Backend, make_backend
 from engine.config import Project
 from engine.errors import ConfigError
 from engine.store.base import Store
+from engine.store.postgres import PostgresStore
 from engine.store.sqlite import SqliteStore
 
 
@@ -23,11 +24,26 @@ def open_store(project: Project) -> Store:
     if url.startswith("sqlite:///"):
         return SqliteStore(sqlite_path(url, project))
     if url.startswith(("postgresql://", "postgres://")):
-        raise ConfigError(
-            "the PostgreSQL store is not available in this version; "
-            "use FLOWRUNNER_DATABASE_URL=sqlite:///PATH"
+        settings = project.settings
+        return PostgresStore(
+            url,
+            pool_size=settings.db_pool_size,
+            statement_timeout=settings.db_statement_timeout,
+            retry_seconds=settings.db_retry_seconds,
         )
-    raise ConfigError(f"FLOWRUNNER_DATABASE_URL must start with sqlite:/// (got {url!r})")
+    raise ConfigError(
+        "FLOWRUNNER_DATABASE_URL must start with sqlite:/// or postgresql:// "
+        f"(got {_redacted(url)!r})"
+    )
+
+
+def _redacted(url: str) -> str:
+    """A URL without its password, fit for an error message."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not sep or not at:
+        return url
+    return f"{scheme}://{credentials.partition(':')[0]}:***@{host}"
 
 
 def agent_backend(project: Project) -> Backend:

@@ -12,7 +12,7 @@ Driver errors never leave an implementation: they become :class:`NotFound`,
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -198,6 +198,10 @@ class Store(ABC):
 
     @abstractmethod
     async def close(self) -> None: ...
+
+    def subscribe(self, callback: Callable[[str], None]) -> None:  # noqa: B027
+        """Call ``callback(run_id)`` when another process changes a run (``""`` when changes
+        may have been missed). A store that cannot tell does nothing: callers poll."""
 
     # Runs
 

@@ -1,0 +1,949 @@
+"""The shared store: PostgreSQL through asyncpg, for several workers on several machines.
+
+PostgreSQL is the coordinator. Each store operation is one transaction on a
+pooled connection. Writers of one run serialize on the run's row (locked
+first, then its steps), which keeps event ids gapless and ordered; claims
+take ready steps with ``FOR UPDATE SKIP LOCKED`` and never wait. Every write
+transaction notifies the runs it changed on one channel (LISTEN/NOTIFY), so
+workers wake at once and every API process can stream every run's events;
+a slow poll by the callers is the safety net.
+
+A lost connection is retried with backoff for ``retry_seconds``. A write whose
+COMMIT was in flight when the connection dropped may or may not have
+committed: each write stores a receipt (a random token and its result) in its
+own transaction, and the retry looks the token up before doing anything again,
+so a commit whose acknowledgement was lost is recognised, not recorded twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+import zlib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias, TypeVar
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from engine.core.decisions import GiveUp, after_lost_lease
+from engine.core.plan import RunStatus, StepStatus
+from engine.store.base import (
+    AgentCall,
+    Capacity,
+    Claim,
+    Conflict,
+    Decision,
+    Eager,
+    Event,
+    NewRun,
+    NotFound,
+    RunRecord,
+    Settled,
+    StepRecord,
+    StepResult,
+    Store,
+    StoreError,
+)
+from engine.store.queries import load_migrations, load_queries
+
+log = logging.getLogger("flowrunner.store")
+
+Q = load_queries("postgres")
+T = TypeVar("T")
+Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
+EventRow = tuple[str | None, str, Mapping[str, Any]]
+
+CHANNEL = "flowrunner"
+"""The NOTIFY channel; each notification's payload is the id of a run that changed."""
+
+MIGRATION_LOCK = zlib.crc32(b"flowrunner.migrations")
+"""The advisory lock that lets one process at a time apply migrations."""
+
+RECEIPT_SECONDS = 3600.0
+"""How long commit receipts are kept (a retry looks for its own within seconds)."""
+
+TRANSIENT = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.InterfaceError,  # the connection is closed or broken
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,  # shutdown, terminated backend
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+"""Errors that end a connection (or the attempt to make one): reconnect and retry."""
+
+CONTENTION = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
+"""Errors after which the whole transaction was rolled back and may simply run again."""
+
+
+class _AmbiguousCommit(Exception):
+    """The connection dropped while COMMIT was in flight."""
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _run(row: asyncpg.Record) -> RunRecord:
+    return RunRecord(
+        id=row["id"],
+        flow=row["flow"],
+        status=RunStatus(row["status"]),
+        band=row["band"],
+        model=row["model"],
+        inputs=json.loads(row["inputs"]),
+        launched_by=row["launched_by"],
+        replay_of=row["replay_of"],
+        unsettled=row["unsettled"],
+        report=row["report"],
+        error=row["error"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        finished_at=row["finished_at"],
+        snapshot_hash=row["snapshot_hash"],
+        request_hash=row["request_hash"],
+    )
+
+
+def _step(row: asyncpg.Record) -> StepRecord:
+    return StepRecord(
+        run_id=row["run_id"],
+        id=row["step_id"],
+        kind=row["kind"],
+        position=row["position"],
+        status=StepStatus(row["status"]),
+        attempts=row["attempts"],
+        failures=row["failures"],
+        crashes=row["crashes"],
+        input=row["input"],
+        output=row["output"],
+        fields=json.loads(row["fields"]) if row["fields"] else {},
+        data=json.loads(row["data"]) if row["data"] is not None else None,
+        error=row["error"],
+        scripted=row["scripted"],
+        deadline=row["deadline"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+    )
+
+
+def _fence(claim: Claim) -> tuple[str, str, str, int]:
+    return claim.run_id, claim.step_id, claim.worker, claim.attempt
+
+
+def _claim_json(claim: Claim) -> list[Any]:
+    return [claim.run_id, claim.step_id, claim.kind, claim.attempt, claim.failures, claim.worker]
+
+
+def _claim_of(row: list[Any]) -> Claim:
+    return Claim(*row)
+
+
+@dataclass
+class _Tx:
+    """One write transaction: its connection, and the events it appends (per run, in order),
+    flushed in one statement per run just before COMMIT."""
+
+    conn: Conn
+    now: float
+    events: dict[str, list[EventRow]] = field(default_factory=dict)
+
+    def event(
+        self, run_id: str, step_id: str | None, event: str, payload: Mapping[str, Any]
+    ) -> None:
+        self.events.setdefault(run_id, []).append((step_id, event, payload))
+
+    async def flush(self) -> None:
+        for run_id, rows in self.events.items():
+            await self.conn.execute(
+                Q["append_events"],
+                run_id,
+                [step_id for step_id, _, _ in rows],
+                [event for _, event, _ in rows],
+                [_json(dict(payload)) for _, _, payload in rows],
+                self.now,
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class _Receipt:
+    """How a write's result is kept in its receipt, and read back after a lost COMMIT."""
+
+    encode: Callable[[Any], Any]
+    decode: Callable[[Any], Awaitable[Any]]
+
+
+async def _same(value: Any) -> Any:
+    return value
+
+
+PLAIN = _Receipt(lambda value: value, _same)
+
+
+class PostgresStore(Store):
+    """The PostgreSQL implementation of :class:`Store`."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        statement_timeout: float = 30.0,
+        retry_seconds: float = 30.0,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self.url = url
+        self.pool_size = pool_size
+        self.statement_timeout = statement_timeout
+        self.retry_seconds = retry_seconds
+        self.connect_timeout = connect_timeout
+        self._pool: asyncpg.Pool | None = None
+        self._subscribers: list[Callable[[str], None]] = []
+        self._listener: asyncio.Task[None] | None = None
+        self._listening = asyncio.Event()
+        self._pruned_at = 0.0
+
+    # Connections
+
+    def _settings(self) -> dict[str, str]:
+        return {
+            "statement_timeout": str(int(self.statement_timeout * 1000)),
+            "application_name": "flowrunner",
+        }
+
+    async def _connect(self) -> Conn:
+        return await asyncpg.connect(
+            self.url, timeout=self.connect_timeout, server_settings=self._settings()
+        )
+
+    async def open(self) -> None:
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.url,
+                min_size=1,
+                max_size=self.pool_size,
+                timeout=self.connect_timeout,
+                server_settings=self._settings(),
+            )
+            async with self._pool.acquire() as conn:
+                await self._migrate(conn)
+        except (*TRANSIENT, asyncpg.PostgresError) as exc:
+            await self.close()
+            raise StoreError(f"cannot open the PostgreSQL store: {_describe(exc)}") from exc
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            with contextlib.suppress(*TRANSIENT):
+                await asyncio.wait_for(pool.close(), 5)
+
+    @staticmethod
+    async def _migrate(conn: Conn) -> None:
+        """Apply pending migrations, one process at a time (an advisory lock)."""
+        await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
+        try:
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+                "name TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)"
+            )
+            current = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations")
+            for migration in load_migrations("postgres"):
+                if migration.version > current:
+                    async with conn.transaction():
+                        await conn.execute(migration.sql)
+                        await conn.execute(
+                            "INSERT INTO schema_migrations VALUES ($1, $2, $3)",
+                            migration.version,
+                            migration.name,
+                            time.time(),
+                        )
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+
+    async def _retrying(self, attempt: Callable[[Conn], Awaitable[T]], what: str) -> T:
+        """Run ``attempt`` on a pooled connection; lost connections and deadlocks are retried
+        with backoff for ``retry_seconds``."""
+        pool = self._pool
+        if pool is None:
+            raise StoreError("the store is not open")
+        deadline = time.monotonic() + self.retry_seconds
+        delay = 0.05
+        while True:
+            try:
+                async with pool.acquire(timeout=self.connect_timeout) as conn:
+                    return await attempt(conn)
+            except (*TRANSIENT, *CONTENTION) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise StoreError(f"PostgreSQL store: {what}: {_describe(exc)}") from exc
+                log.warning("PostgreSQL: %s: %s; retrying in %.2fs", what, _describe(exc), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            except asyncpg.PostgresError as exc:
+                raise StoreError(f"PostgreSQL store: {what}: {_describe(exc)}") from exc
+
+    async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        async def attempt(conn: Conn) -> list[asyncpg.Record]:
+            rows: list[asyncpg.Record] = await conn.fetch(Q[query], *args)
+            return rows
+
+        return await self._retrying(attempt, query)
+
+    async def _write(
+        self,
+        what: str,
+        body: Callable[[_Tx], Awaitable[T]],
+        receipt: _Receipt = PLAIN,
+        now: float | None = None,
+    ) -> T:
+        """Run ``body`` as one transaction that leaves a receipt, retried as need be.
+
+        When COMMIT itself fails on a lost connection, the outcome is unknown: the
+        receipt says whether it committed (and what it returned) before anything
+        runs again.
+        """
+        token = uuid.uuid4().hex
+        at = time.time() if now is None else now
+        uncertain = False
+
+        async def attempt(conn: Conn) -> T:
+            nonlocal uncertain
+            if uncertain:
+                found = await conn.fetchval(Q["receipt"], token)
+                if found is not None:
+                    log.info("PostgreSQL: %s had committed; its receipt says so", what)
+                    result: T = await receipt.decode(json.loads(found))
+                    return result
+                uncertain = False
+            transaction = conn.transaction()
+            await transaction.start()
+            try:
+                tx = _Tx(conn, at)
+                result = await body(tx)
+                await tx.flush()
+                if tx.events:  # a write that changed nothing needs no receipt
+                    await conn.fetchval(
+                        Q["finish_write"],
+                        token,
+                        _json(receipt.encode(result)),
+                        time.time(),
+                        CHANNEL,
+                        list(tx.events),
+                    )
+            except BaseException:
+                with contextlib.suppress(*TRANSIENT):
+                    await transaction.rollback()
+                raise
+            try:
+                await transaction.commit()
+            except TRANSIENT:
+                uncertain = True
+                raise
+            return result
+
+        result = await self._retrying(attempt, what)
+        if at - self._pruned_at > RECEIPT_SECONDS / 10:
+            self._pruned_at = at
+            await self._fetch("prune_receipts", time.time() - RECEIPT_SECONDS)
+        return result
+
+    # Wake-ups
+
+    def subscribe(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(run_id)`` whenever any process changes a run (and with ``""``
+        after the listening connection was re-established: something may have been missed)."""
+        self._subscribers.append(callback)
+        if self._listener is None:
+            self._listener = asyncio.create_task(self._listen())
+
+    def _notify(self, run_id: str) -> None:
+        for callback in self._subscribers:
+            callback(run_id)
+
+    async def _listen(self) -> None:
+        delay = 0.1
+        while True:
+            conn: Conn | None = None
+            try:
+                conn = await self._connect()
+                lost = asyncio.Event()
+                conn.add_termination_listener(_setter(lost))
+                await conn.add_listener(CHANNEL, lambda *args: self._notify(args[3]))
+                self._listening.set()
+                self._notify("")
+                delay = 0.1
+                while not lost.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(lost.wait(), 5)
+                    if not lost.is_set():  # a connection can die without a word
+                        await conn.fetchval("SELECT 1", timeout=5)
+            except TRANSIENT as exc:
+                log.warning("PostgreSQL: the LISTEN connection was lost: %s", _describe(exc))
+            finally:
+                self._listening.clear()
+                if conn is not None:
+                    conn.terminate()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    # Runs
+
+    async def create_run(self, run: NewRun, now: float) -> tuple[str, bool]:
+        async def existing(conn: Conn) -> tuple[str, bool] | None:
+            if run.idempotency_key is not None:
+                row = await conn.fetchrow(Q["run_by_key"], run.idempotency_key)
+            else:
+                row = await conn.fetchrow(Q["run_by_id"], run.id)
+            if row is None:
+                return None
+            if row["request_hash"] != run.request_hash:
+                raise Conflict("this Idempotency-Key was used with another request body")
+            return row["id"], row["id"] == run.id
+
+        async def body(tx: _Tx) -> tuple[str, bool]:
+            conn = tx.conn
+            if run.idempotency_key is not None:
+                found = await existing(conn)
+                if found is not None:
+                    return found[0], False
+            inserted = await conn.fetchval(
+                Q["insert_run"],
+                run.id,
+                run.flow,
+                run.band,
+                run.model,
+                _json(dict(run.inputs)),
+                run.snapshot,
+                run.snapshot_hash,
+                run.launched_by,
+                run.idempotency_key,
+                run.request_hash,
+                run.replay_of,
+                run.max_parallel,
+                len(run.steps),
+                now,
+            )
+            if inserted is None:  # a concurrent launch with the same key won
+                found = await existing(conn)
+                if found is None:
+                    raise StoreError(f"run '{run.id}' could not be stored")
+                return found[0], False
+            steps = run.steps
+            await conn.execute(
+                Q["insert_steps"],
+                run.id,
+                [step.id for step in steps],
+                [step.position for step in steps],
+                [step.kind for step in steps],
+                [step.agent for step in steps],
+                [step.waiting_on for step in steps],
+                [_json(list(step.dependents)) for step in steps],
+                [step.excluded for step in steps],
+            )
+            started = {"flow": run.flow, "band": run.band, "model": run.model}
+            tx.event(run.id, None, "run_started", started)
+            await _reach_excluded(tx, run.id)
+            return run.id, True
+
+        async def decode(value: list[Any]) -> tuple[str, bool]:
+            return value[0], value[1]
+
+        return await self._write("create_run", body, _Receipt(list, decode), now)
+
+    async def get_run(self, run_id: str) -> RunRecord:
+        rows = await self._fetch("get_run", run_id)
+        if not rows:
+            raise NotFound(f"no run '{run_id}'")
+        return _run(rows[0])
+
+    async def get_snapshot(self, run_id: str) -> str:
+        rows = await self._fetch("get_snapshot", run_id)
+        if not rows:
+            raise NotFound(f"no run '{run_id}'")
+        return str(rows[0]["snapshot"])
+
+    async def list_runs(
+        self,
+        *,
+        flow: str | None = None,
+        status: str | None = None,
+        waiting: bool | None = None,
+        limit: int = 50,
+        before: tuple[float, str] | None = None,
+    ) -> list[RunRecord]:
+        at, last = before if before is not None else (None, None)
+        rows = await self._fetch("list_runs", flow, status, waiting, at, last, limit)
+        return [_run(row) for row in rows]
+
+    async def get_steps(
+        self, run_id: str, step_ids: Sequence[str] | None = None
+    ) -> list[StepRecord]:
+        if step_ids is None:
+            return [_step(row) for row in await self._fetch("get_steps", run_id)]
+        rows = await self._fetch("get_some_steps", run_id, list(dict.fromkeys(step_ids)))
+        return [_step(row) for row in rows]
+
+    async def events(self, run_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
+        rows = await self._fetch("events", run_id, after, limit)
+        return [
+            Event(r["run_id"], r["id"], r["step_id"], r["event"], json.loads(r["payload"]), r["at"])
+            for r in rows
+        ]
+
+    # Scheduling
+
+    async def claim(
+        self,
+        worker: str,
+        now: float,
+        lease: float,
+        capacity: Capacity,
+        max_crashes: int,
+        run_id: str | None = None,
+    ) -> list[Claim]:
+        if capacity.agents <= 0 and capacity.others <= 0:
+            return []
+        limit = capacity.agents + capacity.others
+
+        async def body(tx: _Tx) -> list[Claim]:
+            conn = tx.conn
+            rows = await conn.fetch(Q["claimable_expired"], now, limit, run_id)
+            rows += await conn.fetch(Q["claimable_ready"], now, limit, run_id)
+            if not rows:
+                return []
+            wanted = sorted({row["run_id"] for row in rows})
+            locked = await conn.fetch(Q["lock_claimable_runs"], wanted)
+            caps = {r["id"]: r["max_parallel"] for r in locked}
+            rows = [row for row in rows if row["run_id"] in caps]
+            running = await _running_agents(conn, rows)
+            agents, others = capacity.agents, capacity.others
+            claims = []
+            for row in rows:
+                if row["agent"]:
+                    cap = caps[row["run_id"]]
+                    if agents <= 0 or (cap is not None and running[row["run_id"]] >= cap):
+                        continue
+                elif others <= 0:
+                    continue
+                claim = await _take(tx, row, worker, lease, max_crashes)
+                if claim is None:
+                    continue
+                claims.append(claim)
+                if row["agent"]:
+                    agents -= 1
+                    running[row["run_id"]] += 1
+                else:
+                    others -= 1
+            return claims
+
+        async def decode(value: list[list[Any]]) -> list[Claim]:
+            return [_claim_of(row) for row in value]
+
+        receipt = _Receipt(lambda claims: [_claim_json(c) for c in claims], decode)
+        return await self._write("claim", body, receipt, now)
+
+    async def lease_owners(self) -> list[str]:
+        return [row[0] for row in await self._fetch("lease_owners")]
+
+    async def expire_leases(self, owner: str, now: float) -> None:
+        async def body(tx: _Tx) -> None:
+            await tx.conn.execute(Q["expire_leases"], owner)
+
+        await self._write("expire_leases", body, now=now)
+
+    async def heartbeat(
+        self, worker: str, claims: Sequence[Claim], now: float, lease: float
+    ) -> set[tuple[str, str]]:
+        if not claims:
+            return set()
+        runs = [claim.run_id for claim in claims]
+        steps = [claim.step_id for claim in claims]
+        attempts = [claim.attempt for claim in claims]
+
+        async def attempt(conn: Conn) -> set[tuple[str, str]]:
+            args = (runs, steps, attempts, worker)
+            extended = await conn.fetch(Q["extend_leases"], *args, now + lease)
+            held = {(row["run_id"], row["step_id"]) for row in extended}
+            if len(held) < len(claims):  # some were busy in another transaction: still ours?
+                still = await conn.fetch(Q["held_leases"], *args)
+                held |= {(row["run_id"], row["step_id"]) for row in still}
+            return held
+
+        return await self._retrying(attempt, "heartbeat")
+
+    async def complete_step(
+        self, claim: Claim, result: StepResult, now: float, eager: Eager | None = None
+    ) -> Settled | None:
+        async def body(tx: _Tx) -> Settled | None:
+            await tx.conn.execute(Q["lock_run"], claim.run_id)
+            dependents = await tx.conn.fetchval(
+                Q["complete_step"],
+                *_fence(claim),
+                result.output,
+                _json(dict(result.fields)),
+                _json(result.data) if result.data is not None else None,
+                result.input,
+                result.scripted,
+                now,
+            )
+            if dependents is None:
+                _refuse_stale(tx, claim)
+                return None
+            payload = {"attempt": claim.attempt, "scripted": result.scripted}
+            tx.event(claim.run_id, claim.step_id, "step_completed", payload)
+            return await _settle(tx, claim.run_id, dependents, eager)
+
+        return await self._write("complete_step", body, SETTLED, now)
+
+    async def skip_step(
+        self, claim: Claim, reason: str, now: float, eager: Eager | None = None
+    ) -> Settled | None:
+        async def body(tx: _Tx) -> Settled | None:
+            await tx.conn.execute(Q["lock_run"], claim.run_id)
+            dependents = await tx.conn.fetchval(Q["skip_step"], *_fence(claim), now)
+            if dependents is None:
+                _refuse_stale(tx, claim)
+                return None
+            tx.event(claim.run_id, claim.step_id, "step_skipped", {"reason": reason})
+            return await _settle(tx, claim.run_id, dependents, eager)
+
+        return await self._write("skip_step", body, SETTLED, now)
+
+    async def fail_attempt(
+        self, claim: Claim, error: str, retry_at: float | None, now: float
+    ) -> bool:
+        async def body(tx: _Tx) -> bool:
+            await tx.conn.execute(Q["lock_run"], claim.run_id)
+            if retry_at is None:
+                if await _fail(tx, _fence(claim), "running", error):
+                    return True
+                _refuse_stale(tx, claim)
+                return False
+            status = await tx.conn.execute(Q["retry_step"], *_fence(claim), retry_at, error)
+            if not _changed(status):
+                _refuse_stale(tx, claim)
+                return False
+            payload = {"attempt": claim.attempt, "error": error, "retry_at": retry_at}
+            tx.event(claim.run_id, claim.step_id, "step_retrying", payload)
+            return True
+
+        return await self._write("fail_attempt", body, now=now)
+
+    async def release(self, claims: Sequence[Claim], now: float) -> None:
+        async def body(tx: _Tx) -> None:
+            for run_id in sorted({claim.run_id for claim in claims}):
+                await tx.conn.execute(Q["lock_run"], run_id)
+            for claim in claims:
+                if _changed(await tx.conn.execute(Q["release_step"], *_fence(claim))):
+                    tx.event(claim.run_id, claim.step_id, "step_released", {})
+
+        await self._write("release", body, now=now)
+
+    async def wait_for_gate(
+        self, claim: Claim, message: str, deadline: float | None, now: float
+    ) -> bool:
+        async def body(tx: _Tx) -> bool:
+            await tx.conn.execute(Q["lock_run"], claim.run_id)
+            status = await tx.conn.execute(Q["wait_step"], *_fence(claim), message, deadline)
+            if not _changed(status):
+                _refuse_stale(tx, claim)
+                return False
+            payload = {"message": message, "deadline": deadline}
+            tx.event(claim.run_id, claim.step_id, "step_waiting", payload)
+            return True
+
+        return await self._write("wait_for_gate", body, now=now)
+
+    async def decide_gate(
+        self,
+        run_id: str,
+        step_id: str,
+        decision: Decision,
+        settle: bool,
+        now: float,
+    ) -> StepRecord:
+        data = {
+            "approved": decision.approved,
+            "by": decision.by,
+            "comment": decision.comment,
+            "payload": dict(decision.payload),
+            "at": now,
+            "timed_out": decision.timed_out,
+        }
+        summary = {k: data[k] for k in ("approved", "by", "comment", "timed_out")}
+        args = (run_id, step_id, decision.comment, _json(data), now)
+        error = "rejected" + (f": {decision.comment}" if decision.comment else "")
+
+        async def body(tx: _Tx) -> None:
+            conn = tx.conn
+            await conn.execute(Q["lock_run"], run_id)
+            if settle:
+                dependents = await conn.fetchval(Q["decide_complete"], *args)
+                changed = dependents is not None
+            else:
+                changed = _changed(await conn.execute(Q["decide_fail"], *args, error))
+            if not changed:
+                await _gate_conflict(conn, run_id, step_id)
+            tx.event(run_id, step_id, "gate_decided", summary)
+            if settle:
+                tx.event(run_id, step_id, "step_completed", {"gate": True})
+                await _settle(tx, run_id, dependents, None)
+            else:
+                tx.event(run_id, step_id, "step_failed", {"error": error})
+                await _end(tx, run_id, RunStatus.FAILED, f"step '{step_id}' {error}")
+
+        await self._write("decide_gate", body, now=now)
+        (step,) = await self.get_steps(run_id, [step_id])
+        return step
+
+    async def expired_gates(self, now: float) -> list[tuple[str, str]]:
+        rows = await self._fetch("expired_gates", now)
+        return [(row["run_id"], row["step_id"]) for row in rows]
+
+    async def cancel_run(self, run_id: str, now: float) -> RunRecord:
+        async def body(tx: _Tx) -> None:
+            status = await tx.conn.fetchval(Q["lock_run"], run_id)
+            if status is None:
+                raise NotFound(f"no run '{run_id}'")
+            if status != "running":
+                raise Conflict(f"run '{run_id}' is {status}, not running")
+            await _end(tx, run_id, RunStatus.CANCELLED, None)
+
+        await self._write("cancel_run", body, now=now)
+        return await self.get_run(run_id)
+
+    async def retry_run(self, run_id: str, resets: Mapping[str, int], now: float) -> RunRecord:
+        async def body(tx: _Tx) -> None:
+            conn = tx.conn
+            status = await conn.fetchval(Q["lock_run"], run_id)
+            if status is None:
+                raise NotFound(f"no run '{run_id}'")
+            if not _changed(await conn.execute(Q["reopen_run"], run_id, len(resets), now)):
+                raise Conflict(
+                    f"run '{run_id}' is {status}: only failed or cancelled runs can be retried"
+                )
+            await conn.execute(Q["reset_steps"], run_id, list(resets), list(resets.values()))
+            tx.event(run_id, None, "run_retried", {"steps": list(resets)})
+            await _reach_excluded(tx, run_id)
+
+        await self._write("retry_run", body, now=now)
+        return await self.get_run(run_id)
+
+    async def finish_run(
+        self, run_id: str, status: RunStatus, report: str | None, error: str | None, now: float
+    ) -> bool:
+        async def body(tx: _Tx) -> bool:
+            await tx.conn.execute(Q["lock_run"], run_id)
+            changed = await tx.conn.execute(
+                Q["finish_run"], run_id, str(status), error, report, now
+            )
+            if not _changed(changed):
+                return False
+            tx.event(run_id, None, f"run_{status}", {"error": error} if error else {})
+            return True
+
+        return await self._write("finish_run", body, now=now)
+
+    async def runs_to_finish(self) -> list[str]:
+        return [row["id"] for row in await self._fetch("runs_to_finish")]
+
+    async def has_work(self, now: float, run_id: str | None = None) -> bool:
+        rows = await self._fetch("has_work", run_id)
+        return bool(rows[0][0])
+
+    # Agent calls and notes
+
+    async def record_agent_call(self, call: AgentCall) -> None:
+        async def attempt(conn: Conn) -> None:
+            await conn.execute(
+                Q["record_agent_call"],
+                call.run_id,
+                call.step_id,
+                call.attempt,
+                call.sequence,
+                call.persona,
+                call.prompt,
+                call.output,
+                call.backend,
+                call.scripted,
+                call.at,
+            )
+
+        await self._retrying(attempt, "record_agent_call")  # an upsert: safe to repeat
+
+    async def agent_calls(self, run_id: str, step_id: str | None = None) -> list[AgentCall]:
+        rows = await self._fetch("agent_calls", run_id, step_id)
+        return [
+            AgentCall(
+                r["run_id"],
+                r["step_id"],
+                r["attempt"],
+                r["sequence"],
+                r["persona"],
+                r["prompt"],
+                r["output"],
+                r["backend"],
+                r["scripted"],
+                r["at"],
+            )
+            for r in rows
+        ]
+
+    async def append_event(
+        self, run_id: str, step_id: str | None, event: str, payload: Mapping[str, Any], now: float
+    ) -> None:
+        async def body(tx: _Tx) -> None:
+            await tx.conn.execute(Q["lock_run"], run_id)
+            tx.event(run_id, step_id, event, payload)
+
+        await self._write("append_event", body, now=now)
+
+
+async def _running_agents(conn: Conn, rows: list[asyncpg.Record]) -> dict[str, int]:
+    """Agent steps running now in each run that ``rows`` would claim agent steps of."""
+    agent_runs = sorted({row["run_id"] for row in rows if row["agent"]})
+    if not agent_runs:
+        return {}
+    running = dict.fromkeys(agent_runs, 0)
+    for row in await conn.fetch(Q["running_agents"], agent_runs):
+        running[row["run_id"]] = row["count"]
+    return running
+
+
+def _setter(event: asyncio.Event) -> Callable[[Any], None]:
+    return lambda _: event.set()
+
+
+def _settled_json(settled: Settled | None) -> Any:
+    if settled is None:
+        return None
+    return {"unsettled": settled.unsettled, "claims": [_claim_json(c) for c in settled.claims]}
+
+
+async def _settled_of(value: Any) -> Settled | None:
+    if value is None:
+        return None
+    return Settled(value["unsettled"], tuple(_claim_of(row) for row in value["claims"]))
+
+
+SETTLED = _Receipt(_settled_json, _settled_of)
+
+
+def _changed(status: str) -> bool:
+    """Whether a command's status tag (``UPDATE 1``) counts any row."""
+    return not status.endswith(" 0")
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def _refuse_stale(tx: _Tx, claim: Claim) -> None:
+    payload = {"worker": claim.worker, "attempt": claim.attempt}
+    tx.event(claim.run_id, claim.step_id, "stale_result_refused", payload)
+
+
+async def _settle(tx: _Tx, run_id: str, dependents: list[str], eager: Eager | None) -> Settled:
+    """A step settled: count it off its run, and its dependents wait on one need fewer.
+    A dependent excluded by the band whose needs have now all settled is settled as
+    excluded on the spot, and so on down the graph. With ``eager``, code steps and
+    gates made ready are claimed at once (the caller holds the run's lock)."""
+    conn, now = tx.conn, tx.now
+    settled, ready = 1, []
+    level = list(dependents)
+    while level:
+        rows = {r["step_id"]: r for r in await conn.fetch(Q["settle_dependents"], run_id, level)}
+        level = []
+        for step_id in dict.fromkeys(rows):
+            row = rows[step_id]
+            if row["waiting_on"] != 0 or row["status"] != "pending":
+                continue
+            if row["excluded"]:
+                await _mark_excluded(tx, run_id, step_id)
+                settled += 1
+                level.extend(row["dependents"])
+            else:
+                ready.append(step_id)
+    unsettled = await conn.fetchval(Q["settle_run"], run_id, settled, now)
+    claims: list[Claim] = []
+    if eager is not None:
+        for step_id in ready[: eager.others]:
+            found = await conn.fetchrow(Q["claimable_step"], run_id, step_id, now)
+            claim = await _take(tx, found, eager.worker, eager.lease, 1) if found else None
+            if claim is not None:
+                claims.append(claim)
+    return Settled(unsettled, tuple(claims))
+
+
+async def _mark_excluded(tx: _Tx, run_id: str, step_id: str) -> None:
+    await tx.conn.execute(Q["exclude_step"], run_id, step_id, tx.now)
+    tx.event(run_id, step_id, "step_excluded", {})
+
+
+async def _reach_excluded(tx: _Tx, run_id: str) -> None:
+    """Settle the excluded steps whose needs have all settled (at launch, after a retry)."""
+    for row in await tx.conn.fetch(Q["reached_excluded"], run_id):
+        await _mark_excluded(tx, run_id, row["step_id"])
+        await _settle(tx, run_id, row["dependents"], None)
+
+
+async def _end(tx: _Tx, run_id: str, status: RunStatus, error: str | None) -> None:
+    """End a run: every step not finished is cancelled."""
+    conn, now = tx.conn, tx.now
+    live = [row[0] for row in await conn.fetch(Q["live_steps"], run_id)]
+    await conn.execute(Q["cancel_live_steps"], run_id, now)
+    await conn.execute(Q["end_run"], run_id, str(status), error, now)
+    for step in live:
+        tx.event(run_id, step, "step_cancelled", {})
+    tx.event(run_id, None, f"run_{status}", {"error": error} if error else {})
+
+
+async def _fail(tx: _Tx, fence: tuple[str, str, str | None, int], status: str, error: str) -> bool:
+    """Fail a step, then its run. False when the fence no longer holds."""
+    if not _changed(await tx.conn.execute(Q["fail_step"], *fence, status, error, tx.now)):
+        return False
+    run_id, step_id = fence[0], fence[1]
+    tx.event(run_id, step_id, "step_failed", {"error": error})
+    await _end(tx, run_id, RunStatus.FAILED, f"step '{step_id}' failed: {error}")
+    return True
+
+
+async def _take(
+    tx: _Tx, row: asyncpg.Record, worker: str, lease: float, max_crashes: int
+) -> Claim | None:
+    """Lease one step to ``worker``; a step taken from a lost worker counts a crash."""
+    conn, now = tx.conn, tx.now
+    run_id, step_id = row["run_id"], row["step_id"]
+    crashes = row["crashes"]
+    if row["status"] == "running":  # its worker stopped heartbeating
+        crashes += 1
+        lost = {"owner": row["lease_owner"], "attempt": row["attempts"]}
+        tx.event(run_id, step_id, "lease_expired", lost)
+        decision = after_lost_lease(crashes, max_crashes)
+        if isinstance(decision, GiveUp):
+            await conn.execute(Q["count_crash"], run_id, step_id, crashes)
+            fence = (run_id, step_id, row["lease_owner"], row["attempts"])
+            await _fail(tx, fence, "running", decision.reason)
+            return None
+    attempt = row["attempts"] + 1
+    await conn.execute(Q["take_step"], run_id, step_id, attempt, crashes, worker, now + lease, now)
+    tx.event(run_id, step_id, "step_started", {"attempt": attempt, "worker": worker})
+    return Claim(run_id, step_id, row["kind"], attempt, row["failures"], worker)
+
+
+async def _gate_conflict(conn: Conn, run_id: str, step_id: str) -> None:
+    status = await conn.fetchval(Q["step_status"], run_id, step_id)
+    if status is None:
+        raise NotFound(f"no step '{step_id}' in run '{run_id}'")
+    raise Conflict(f"step '{step_id}' is {status}, not waiting for a decision")

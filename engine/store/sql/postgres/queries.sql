@@ -1,0 +1,297 @@
+-- Every write transaction on a run locks the run's row first (lock_run), then the
+-- steps it touches: one lock order, so writers of one run queue up instead of
+-- deadlocking, and event ids stay gapless and ordered. Claims never wait: they
+-- skip steps and runs another transaction holds (SKIP LOCKED).
+
+-- name: lock_run
+SELECT status FROM runs WHERE id = $1 FOR UPDATE;
+
+-- name: insert_run
+INSERT INTO runs (
+    id, flow, status, band, model, inputs, snapshot, snapshot_hash, launched_by,
+    idempotency_key, request_hash, replay_of, max_parallel, unsettled, created_at, updated_at
+) VALUES ($1, $2, 'running', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14)
+ON CONFLICT DO NOTHING
+RETURNING id;
+
+-- name: insert_steps
+INSERT INTO steps (run_id, step_id, position, kind, agent, status, waiting_on, dependents, excluded)
+SELECT $1, s.step_id, s.position, s.kind, s.agent, 'pending', s.waiting_on,
+       (SELECT coalesce(array_agg(d), '{}') FROM json_array_elements_text(s.dependents::json) d),
+       s.excluded
+FROM unnest($2::text[], $3::int[], $4::text[], $5::bool[], $6::int[], $7::text[], $8::bool[])
+     AS s(step_id, position, kind, agent, waiting_on, dependents, excluded);
+
+-- name: run_by_key
+SELECT id, request_hash FROM runs WHERE idempotency_key = $1;
+
+-- name: run_by_id
+SELECT id, request_hash FROM runs WHERE id = $1;
+
+-- name: get_run
+SELECT id, flow, status, band, model, inputs, launched_by, replay_of, unsettled, report, error,
+       created_at, updated_at, finished_at, snapshot_hash, request_hash
+FROM runs WHERE id = $1;
+
+-- name: list_runs
+SELECT id, flow, status, band, model, inputs, launched_by, replay_of, unsettled, report, error,
+       created_at, updated_at, finished_at, snapshot_hash, request_hash
+FROM runs
+WHERE ($1::text IS NULL OR flow = $1)
+  AND ($2::text IS NULL OR status = $2)
+  AND ($3::bool IS NULL OR $3 = EXISTS (
+        SELECT 1 FROM steps WHERE run_id = runs.id AND status = 'waiting'))
+  AND ($4::float8 IS NULL OR (created_at, id) < ($4, $5::text))
+ORDER BY created_at DESC, id DESC
+LIMIT $6;
+
+-- name: get_snapshot
+SELECT snapshot FROM runs WHERE id = $1;
+
+-- name: get_steps
+SELECT run_id, step_id, kind, position, status, attempts, failures, crashes, input, output,
+       fields, data, error, scripted, deadline, started_at, finished_at
+FROM steps WHERE run_id = $1 ORDER BY position;
+
+-- name: get_some_steps
+SELECT run_id, step_id, kind, position, status, attempts, failures, crashes, input, output,
+       fields, data, error, scripted, deadline, started_at, finished_at
+FROM steps WHERE run_id = $1 AND step_id = ANY($2::text[]) ORDER BY position;
+
+-- name: lease_owners
+SELECT DISTINCT lease_owner FROM steps WHERE status = 'running';
+
+-- name: expire_leases
+UPDATE steps SET lease_expires = 0
+WHERE (run_id, step_id) IN (
+    SELECT run_id, step_id FROM steps WHERE status = 'running' AND lease_owner = $1
+    FOR UPDATE SKIP LOCKED
+);
+
+-- name: append_events
+-- $2..$4 are parallel arrays (step, event, payload); ids continue the run's counter.
+WITH counter AS (
+    UPDATE runs SET last_event = last_event + cardinality($3::text[]), updated_at = $5
+    WHERE id = $1 RETURNING last_event
+)
+INSERT INTO events (run_id, id, step_id, event, payload, at)
+SELECT $1, counter.last_event - cardinality($3::text[]) + e.n, e.step_id, e.event, e.payload, $5
+FROM counter, unnest($2::text[], $3::text[], $4::text[]) WITH ORDINALITY
+     AS e(step_id, event, payload, n);
+
+-- name: finish_write
+-- The commit receipt and the wake-ups, in one round trip before COMMIT.
+WITH receipt AS (INSERT INTO commits (token, result, at) VALUES ($1, $2, $3))
+SELECT count(pg_notify($4, run_id)) FROM unnest($5::text[]) AS changed(run_id);
+
+-- name: receipt
+SELECT result FROM commits WHERE token = $1;
+
+-- name: prune_receipts
+DELETE FROM commits WHERE at < $1;
+
+-- name: events
+SELECT run_id, id, step_id, event, payload, at FROM events
+WHERE run_id = $1 AND id > $2 ORDER BY id LIMIT $3;
+
+-- name: claimable_ready
+SELECT s.run_id, s.step_id, s.kind, s.agent, s.status, s.attempts, s.failures, s.crashes,
+       s.lease_owner
+FROM steps s JOIN runs r ON r.id = s.run_id
+WHERE s.status = 'pending' AND s.waiting_on = 0 AND s.ready_at <= $1
+  AND r.status = 'running' AND NOT s.excluded AND ($3::text IS NULL OR s.run_id = $3)
+ORDER BY s.ready_at
+LIMIT $2
+FOR UPDATE OF s SKIP LOCKED;
+
+-- name: claimable_expired
+SELECT s.run_id, s.step_id, s.kind, s.agent, s.status, s.attempts, s.failures, s.crashes,
+       s.lease_owner
+FROM steps s JOIN runs r ON r.id = s.run_id
+WHERE s.status = 'running' AND s.lease_expires < $1
+  AND r.status = 'running' AND ($3::text IS NULL OR s.run_id = $3)
+ORDER BY s.lease_expires
+LIMIT $2
+FOR UPDATE OF s SKIP LOCKED;
+
+-- name: lock_claimable_runs
+SELECT id, max_parallel FROM runs WHERE id = ANY($1::text[]) AND status = 'running'
+ORDER BY id
+FOR UPDATE SKIP LOCKED;
+
+-- name: claimable_step
+SELECT s.run_id, s.step_id, s.kind, s.agent, s.status, s.attempts, s.failures, s.crashes,
+       s.lease_owner
+FROM steps s JOIN runs r ON r.id = s.run_id
+WHERE s.run_id = $1 AND s.step_id = $2 AND s.status = 'pending'
+  AND s.waiting_on = 0 AND s.ready_at <= $3 AND NOT s.agent AND NOT s.excluded
+  AND r.status = 'running';
+
+-- name: running_agents
+SELECT run_id, count(*) FROM steps
+WHERE run_id = ANY($1::text[]) AND status = 'running' AND agent
+GROUP BY run_id;
+
+-- name: count_crash
+UPDATE steps SET crashes = $3 WHERE run_id = $1 AND step_id = $2;
+
+-- name: take_step
+UPDATE steps
+SET status = 'running', attempts = $3, crashes = $4, lease_owner = $5,
+    lease_expires = $6, started_at = coalesce(started_at, $7)
+WHERE run_id = $1 AND step_id = $2;
+
+-- name: extend_leases
+-- Never waits: a step another transaction holds is reported apart (see held_leases).
+UPDATE steps SET lease_expires = $5
+WHERE (run_id, step_id, attempts) IN (
+    SELECT s.run_id, s.step_id, s.attempts
+    FROM steps s JOIN unnest($1::text[], $2::text[], $3::int[]) AS c(run_id, step_id, attempt)
+         ON s.run_id = c.run_id AND s.step_id = c.step_id AND s.attempts = c.attempt
+    WHERE s.status = 'running' AND s.lease_owner = $4
+    FOR UPDATE OF s SKIP LOCKED
+)
+RETURNING run_id, step_id;
+
+-- name: held_leases
+SELECT s.run_id, s.step_id
+FROM steps s JOIN unnest($1::text[], $2::text[], $3::int[]) AS c(run_id, step_id, attempt)
+     ON s.run_id = c.run_id AND s.step_id = c.step_id AND s.attempts = c.attempt
+WHERE s.status = 'running' AND s.lease_owner = $4;
+
+-- name: complete_step
+UPDATE steps
+SET status = 'completed', output = $5, fields = $6, data = $7,
+    input = coalesce($8, input), scripted = $9, error = NULL,
+    lease_owner = NULL, lease_expires = NULL, finished_at = $10
+WHERE run_id = $1 AND step_id = $2 AND status = 'running'
+  AND lease_owner = $3 AND attempts = $4
+RETURNING dependents;
+
+-- name: skip_step
+UPDATE steps
+SET status = 'skipped', output = '', fields = '{}', data = NULL, error = NULL,
+    lease_owner = NULL, lease_expires = NULL, finished_at = $5
+WHERE run_id = $1 AND step_id = $2 AND status = 'running'
+  AND lease_owner = $3 AND attempts = $4
+RETURNING dependents;
+
+-- name: retry_step
+UPDATE steps
+SET status = 'pending', ready_at = $5, failures = failures + 1, error = $6,
+    lease_owner = NULL, lease_expires = NULL
+WHERE run_id = $1 AND step_id = $2 AND status = 'running'
+  AND lease_owner = $3 AND attempts = $4;
+
+-- name: fail_step
+UPDATE steps
+SET status = 'failed', failures = failures + 1, error = $6,
+    lease_owner = NULL, lease_expires = NULL, finished_at = $7
+WHERE run_id = $1 AND step_id = $2 AND status = $5
+  AND coalesce(lease_owner, '') = coalesce($3, '') AND attempts = $4;
+
+-- name: release_step
+UPDATE steps
+SET status = 'pending', attempts = attempts - 1, lease_owner = NULL, lease_expires = NULL
+WHERE run_id = $1 AND step_id = $2 AND status = 'running'
+  AND lease_owner = $3 AND attempts = $4;
+
+-- name: wait_step
+UPDATE steps
+SET status = 'waiting', input = $5, deadline = $6, lease_owner = NULL, lease_expires = NULL
+WHERE run_id = $1 AND step_id = $2 AND status = 'running'
+  AND lease_owner = $3 AND attempts = $4;
+
+-- name: decide_complete
+UPDATE steps
+SET status = 'completed', output = $3, data = $4, fields = '{}', finished_at = $5
+WHERE run_id = $1 AND step_id = $2 AND status = 'waiting'
+RETURNING dependents;
+
+-- name: decide_fail
+UPDATE steps
+SET status = 'failed', output = $3, data = $4, fields = '{}', error = $6, finished_at = $5
+WHERE run_id = $1 AND step_id = $2 AND status = 'waiting';
+
+-- name: step_status
+SELECT status FROM steps WHERE run_id = $1 AND step_id = $2;
+
+-- name: settle_dependents
+-- A step named n times (needed by n steps that settled together) waits on n fewer.
+UPDATE steps SET waiting_on = waiting_on - settled.n
+FROM (SELECT step_id, count(*) AS n FROM unnest($2::text[]) AS step_id GROUP BY step_id) settled
+WHERE steps.run_id = $1 AND steps.step_id = settled.step_id
+RETURNING steps.step_id, steps.waiting_on, steps.excluded, steps.status, steps.dependents;
+
+-- name: exclude_step
+UPDATE steps SET status = 'excluded', output = '', fields = '{}', data = NULL, finished_at = $3
+WHERE run_id = $1 AND step_id = $2 AND status = 'pending';
+
+-- name: reached_excluded
+SELECT step_id, dependents FROM steps
+WHERE run_id = $1 AND status = 'pending' AND excluded AND waiting_on = 0
+ORDER BY position;
+
+-- name: settle_run
+UPDATE runs SET unsettled = unsettled - $2, updated_at = $3 WHERE id = $1
+RETURNING unsettled;
+
+-- name: live_steps
+SELECT step_id FROM steps
+WHERE run_id = $1 AND status IN ('pending', 'running', 'waiting') ORDER BY position;
+
+-- name: cancel_live_steps
+UPDATE steps
+SET status = 'cancelled', lease_owner = NULL, lease_expires = NULL, finished_at = $2
+WHERE run_id = $1 AND status IN ('pending', 'running', 'waiting');
+
+-- name: end_run
+UPDATE runs SET status = $2, error = $3, report = NULL, finished_at = $4, updated_at = $4
+WHERE id = $1 AND status = 'running';
+
+-- name: finish_run
+UPDATE runs SET status = $2, error = $3, report = $4, finished_at = $5, updated_at = $5
+WHERE id = $1 AND status = 'running' AND unsettled = 0;
+
+-- name: reopen_run
+UPDATE runs SET status = 'running', error = NULL, report = NULL, finished_at = NULL,
+    unsettled = $2, updated_at = $3
+WHERE id = $1 AND status IN ('failed', 'cancelled');
+
+-- name: reset_steps
+UPDATE steps
+SET status = 'pending', waiting_on = r.waiting_on, failures = 0, crashes = 0, ready_at = 0,
+    lease_owner = NULL, lease_expires = NULL, deadline = NULL, error = NULL, output = NULL,
+    fields = NULL, data = NULL, finished_at = NULL
+FROM unnest($2::text[], $3::int[]) AS r(step_id, waiting_on)
+WHERE steps.run_id = $1 AND steps.step_id = r.step_id;
+
+-- name: runs_to_finish
+SELECT id FROM runs WHERE status = 'running' AND unsettled = 0 ORDER BY created_at;
+
+-- name: expired_gates
+SELECT run_id, step_id FROM steps WHERE status = 'waiting' AND deadline <= $1
+ORDER BY deadline;
+
+-- name: has_work
+SELECT EXISTS (
+    SELECT 1 FROM steps s JOIN runs r ON r.id = s.run_id
+    WHERE s.status IN ('pending', 'running') AND (s.status = 'running' OR s.waiting_on = 0)
+      AND r.status = 'running' AND ($1::text IS NULL OR r.id = $1)
+) OR EXISTS (
+    SELECT 1 FROM runs
+    WHERE status = 'running' AND unsettled = 0 AND ($1::text IS NULL OR id = $1)
+);
+
+-- name: record_agent_call
+INSERT INTO agent_calls (
+    run_id, step_id, attempt, sequence, persona, prompt, output, backend, scripted, at
+) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+ON CONFLICT (run_id, step_id, attempt, sequence) DO UPDATE
+SET persona = excluded.persona, prompt = excluded.prompt, output = excluded.output,
+    backend = excluded.backend, scripted = excluded.scripted, at = excluded.at;
+
+-- name: agent_calls
+SELECT run_id, step_id, attempt, sequence, persona, prompt, output, backend, scripted, at
+FROM agent_calls WHERE run_id = $1 AND ($2::text IS NULL OR step_id = $2)
+ORDER BY step_id, attempt, sequence;
