@@ -1,4 +1,5 @@
-"""Live frames (token deltas) of this process's worker, fanned out to event streams."""
+"""Live frames, fanned out to event streams: token deltas of this process's worker, and
+word that a run changed (from this process's worker or, on PostgreSQL, any process)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,12 @@ class Frames:
         for queue in self.queues.get(frame["run_id"], ()):
             if queue.qsize() < self.size:
                 queue.put_nowait(frame)
+
+    def changed(self, run_id: str) -> None:
+        """A run changed (every run, when ``run_id`` is empty): its streams read the store."""
+        runs = list(self.queues) if not run_id else [run_id]
+        for run in runs:
+            self.publish({"run_id": run, "event": "changed"})
 
     def subscribe(self, run_id: str) -> asyncio.Queue[dict[str, Any]]:
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()

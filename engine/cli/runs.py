@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -261,16 +262,34 @@ def worker(
     until_idle: Annotated[
         bool, typer.Option(help="Exit once nothing is left to do (gates waiting included).")
     ] = False,
+    max_agents: Annotated[
+        int | None, typer.Option(min=1, help="Agent steps at once (default: the setting).")
+    ] = None,
+    max_code: Annotated[
+        int | None,
+        typer.Option(min=1, help="Code steps and gates at once (default: the setting)."),
+    ] = None,
+    grace: Annotated[
+        float,
+        typer.Option(min=0, help="On SIGTERM, seconds running steps get before hand-back."),
+    ] = 10.0,
 ) -> None:
-    """Execute every run's ready steps; takes over unfinished runs at start."""
+    """Execute every run's ready steps; takes over unfinished runs at start.
+
+    SIGTERM or SIGINT stops claiming; running steps get the grace period to
+    finish, then the rest are handed back for another worker.
+    """
 
     async def body(project: Project, store: Store) -> int:
+        limits = {"max_agents": max_agents, "max_code": max_code}
+        update = {name: value for name, value in limits.items() if value is not None}
+        project = replace(project, settings=project.settings.model_copy(update=update))
         runner = Worker(store, project, agent_backend(project))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, runner.stop)
         typer.echo(f"worker {runner.id} started (pid {os.getpid()})", err=True)
-        await runner.run(until_idle=until_idle)
+        await runner.run(until_idle=until_idle, grace=grace)
         return 0
 
     raise typer.Exit(with_store(body))

@@ -118,6 +118,7 @@ def serve(
         if worker:
             runner = Worker(store, project, agent_backend(project))
             runner.subscribers.append(frames.publish)
+        store.subscribe(lambda run_id: frames.changed(run_id))  # runs other processes change
         context = Api(project, store, tokens, frames)
         if runner is not None:
             context.on_change = runner.wake.set
