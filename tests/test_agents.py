@@ -388,6 +388,18 @@ async def test_scripted_replies_are_literal_and_streamed_in_pieces() -> None:
     assert len(deltas) > 1 and "".join(deltas) == text
 
 
+async def test_a_scripted_delay_holds_the_reply_back() -> None:
+    backend = ScriptedBackend.from_data(
+        {"replies": [{"match": "slow", "reply": "late", "delay": 0.2}, {"reply": "soon"}]}
+    )
+    started = time.perf_counter()
+    assert (await backend.complete(request("soon please"))).text == "soon"
+    quick = time.perf_counter() - started
+    started = time.perf_counter()
+    assert (await backend.complete(request("slow please"))).text == "late"
+    assert time.perf_counter() - started >= 0.2 > quick
+
+
 async def test_scripted_no_match_names_the_step() -> None:
     backend = ScriptedBackend.from_data({"replies": [{"match": "^never$", "reply": "x"}]})
     with pytest.raises(AgentError, match=r"^no scripted reply matches step plan$"):

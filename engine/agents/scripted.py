@@ -15,6 +15,7 @@ it appears nobody mistakes it for a model's output.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Sequence
@@ -42,6 +43,7 @@ class ScriptedRule(BaseModel):
 
     match: str | None = None
     reply: str
+    delay: float = Field(default=0, ge=0, le=3600, description="Seconds before the reply.")
 
     @field_validator("match")
     @classmethod
@@ -94,19 +96,27 @@ class ScriptedBackend:
             raise ConfigError(f"cannot read scripted replies {path}: {reason}") from None
         return cls.from_data(_parse(text, path), str(path))
 
-    def reply_for(self, prompt: str) -> str | None:
-        """The reply of the first rule matching ``prompt``, or None."""
+    def rule_for(self, prompt: str) -> ScriptedRule | None:
+        """The first rule matching ``prompt``, or None."""
         for rule, pattern in zip(self.rules, self._patterns, strict=True):
             if pattern is None or pattern.search(prompt):
-                return rule.reply
+                return rule
         return None
+
+    def reply_for(self, prompt: str) -> str | None:
+        """The reply of the first rule matching ``prompt``, or None."""
+        rule = self.rule_for(prompt)
+        return rule.reply if rule is not None else None
 
     async def complete(self, request: AgentRequest, on_delta: OnDelta | None = None) -> AgentReply:
         """The matching canned reply, streamed in a few pieces."""
-        text = self.reply_for(request.prompt)
-        if text is None:
+        rule = self.rule_for(request.prompt)
+        if rule is None:
             call = f" (call {request.sequence})" if request.sequence else ""
             raise AgentError(f"no scripted reply matches step {request.step_id}{call}")
+        text = rule.reply
+        if rule.delay:
+            await asyncio.sleep(rule.delay)
         await stream_text(text, on_delta)
         return AgentReply(text=text, backend=self.name, scripted=True)
 
