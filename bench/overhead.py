@@ -1,29 +1,44 @@
-"""Engine overhead per persisted step: no-op code steps on the SQLite store.
+"""Engine overhead per persisted step: no-op code steps on SQLite or PostgreSQL.
 
 Run: ``python bench/overhead.py`` (``--sizes``, ``--runs`` to change the load).
 Chains and fan-outs of 100, 1,000 and 5,000 no-op code steps, then 50
 concurrent runs of a 10-step flow; each run goes through the real worker and
 store (claims, leases, results, events), in one process.
-Targets: at most 1 ms per step at 1,000 steps; per-step cost at 5,000 within
-1.5x of that at 100.
+Targets on SQLite: at most 1 ms per step at 1,000 steps; per-step cost at 5,000
+within 1.5x of that at 100.
+
+``--database-url postgresql://...`` runs the same on PostgreSQL (a schema of
+its own per measurement, dropped afterwards), then ``--agent-runs`` runs of a
+flow whose agent step waits 50 ms, executed by 1, 2 and 4 ``flowrunner
+worker`` processes (``--workers``). Targets on PostgreSQL: at most 2 ms per
+no-op step on one worker; 4 workers at least 3x faster than 1 on the agent runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
+
+import asyncpg
 
 from engine.agents import ScriptedBackend
 from engine.config import Project
 from engine.lint import check_file
 from engine.runner import service
 from engine.runner.worker import Worker
+from engine.store.base import Store
+from engine.store.postgres import PostgresStore
 from engine.store.sqlite import SqliteStore
 
 HERE = Path(__file__).resolve().parent
@@ -49,16 +64,54 @@ def fan_out(size: int) -> str:
     return "version: 1\nname: fan-out\nsteps:\n" + "\n".join(steps) + "\n"
 
 
-async def measure(folder: Path, text: str, runs: int) -> tuple[float, int]:
+def agent_flow() -> str:
+    """A code step, an agent step (the scripted reply waits 50 ms), a code step."""
+    return (
+        "version: 1\nname: agents\nsteps:\n"
+        "  - {id: prepare, kind: code, call: 'bench_steps:noop'}\n"
+        "  - {id: ask, kind: agent, persona: bench, prompt: 'go', needs: [prepare]}\n"
+        "  - {id: wrap, kind: code, call: 'bench_steps:noop', needs: [ask]}\n"
+    )
+
+
+@contextlib.asynccontextmanager
+async def database(folder: Path, url: str | None) -> AsyncIterator[str]:
+    """A fresh database for one measurement: a new SQLite file, or a new PostgreSQL schema."""
+    if url is None:
+        yield f"sqlite:///{folder / f'bench-{time.monotonic_ns()}.db'}"
+        return
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(url)
+    await conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield f"{url}{'&' if '?' in url else '?'}search_path={schema}"
+    finally:
+        await conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        await conn.close()
+
+
+def open_store(url: str) -> Store:
+    if url.startswith("sqlite:///"):
+        return SqliteStore(Path(url.removeprefix("sqlite:///")))
+    return PostgresStore(url)
+
+
+async def measure(folder: Path, text: str, runs: int, url: str | None) -> tuple[float, int]:
     """Seconds to launch ``runs`` runs of the flow and execute them all."""
+    async with database(folder, url) as db_url:
+        return await _measure(folder, text, runs, db_url)
+
+
+async def _measure(folder: Path, text: str, runs: int, url: str) -> tuple[float, int]:
     os.environ["FLOWRUNNER_CODE_ROOTS"] = str(HERE)
-    os.environ["FLOWRUNNER_POLL_SECONDS"] = "0.01"
+    # SQLite wakes a worker by polling; PostgreSQL by NOTIFY (the poll is a safety net)
+    os.environ["FLOWRUNNER_POLL_SECONDS"] = "0.01" if url.startswith("sqlite") else "0.5"
     project = Project.open(folder)
     path = folder / "flows" / "bench.yaml"
     path.write_text(text)
     result = check_file(path, project)
     assert result.checked is not None, result.diagnostics[:3]
-    store = SqliteStore(folder / f"bench-{time.monotonic_ns()}.db")
+    store = open_store(url)
     await store.open()
     try:
         started = time.perf_counter()
@@ -87,7 +140,11 @@ async def main() -> None:
     parser.add_argument(
         "--peers", metavar="PYTHON", help="a venv's Python with dbos and prefect (bench/peers.py)"
     )
+    parser.add_argument("--database-url", help="postgresql://... (default: a SQLite file)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--agent-runs", type=int, default=1000)
     args = parser.parse_args()
+    url = args.database_url
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
         (folder / "flows").mkdir()
@@ -95,19 +152,79 @@ async def main() -> None:
         for shape, generate in (("chain", chain), ("fan-out", fan_out)):
             per_step = {}
             for size in args.sizes:
-                seconds, steps = await measure(folder, generate(size), 1)
+                seconds, steps = await measure(folder, generate(size), 1, url)
                 per_step[size] = report(f"{shape} of {size}", seconds, steps)
             if len(per_step) > 1:
                 first, last = min(per_step), max(per_step)
                 ratio = per_step[last] / per_step[first]
                 print(f"{shape}: per-step cost at {last} is {ratio:.2f}x that at {first}")
-        seconds, steps = await measure(folder, chain(10), args.runs)
+        seconds, steps = await measure(folder, chain(10), args.runs, url)
         report(f"{args.runs} concurrent 10-step runs", seconds, steps)
+        if url is not None:
+            timings = {}
+            for count in args.workers:
+                seconds, steps = await measure_workers(folder, url, args.agent_runs, count)
+                timings[count] = seconds
+                report(f"{args.agent_runs} agent runs, {count} worker(s)", seconds, steps)
+            if len(timings) > 1:
+                first, last = min(timings), max(timings)
+                speedup = timings[first] / timings[last]
+                print(f"agent runs: {last} workers are {speedup:.2f}x as fast as {first}")
         if args.peers:
             size = 1000 if 1000 in args.sizes else args.sizes[0]
-            seconds, steps = await measure(folder, chain(size), 1)
+            seconds, steps = await measure(folder, chain(size), 1, url)
             report(f"flowrunner chain of {size}", seconds, steps)
             peers(args.peers, size)
+
+
+async def measure_workers(folder: Path, url: str, runs: int, count: int) -> tuple[float, int]:
+    """Seconds for ``count`` worker processes to finish ``runs`` runs of the agent flow,
+    launched beforehand, from the moment the first worker is ready."""
+    (folder / "replies.json").write_text(json.dumps({"replies": [{"reply": "ok", "delay": 0.05}]}))
+    (folder / "personas").mkdir(exist_ok=True)
+    (folder / "personas" / "bench.md").write_text("You answer briefly.\n")
+    async with database(folder, url) as db_url:
+        env = {
+            **os.environ,
+            "FLOWRUNNER_DATABASE_URL": db_url,
+            "FLOWRUNNER_CODE_ROOTS": str(HERE),
+            "FLOWRUNNER_AGENT_BACKEND": "scripted",
+            "FLOWRUNNER_SCRIPTED_REPLIES": str(folder / "replies.json"),
+            "FLOWRUNNER_POLL_SECONDS": "0.5",
+        }
+        os.environ.update(env)
+        project = Project.open(folder)
+        path = folder / "flows" / "bench.yaml"
+        path.write_text(agent_flow())
+        result = check_file(path, project)
+        assert result.checked is not None, result.diagnostics[:3]
+        store = open_store(db_url)
+        await store.open()
+        for _ in range(runs):  # launched before any worker starts: launching is not timed
+            await service.launch(store, project, result.checked, inputs={}, now=time.time())
+        flowrunner = Path(sys.executable).parent / "flowrunner"
+        command = [str(flowrunner), "--project", str(folder), "worker"]
+        logs = [folder / f"worker-{index}.log" for index in range(count)]
+        workers = []
+        for log in logs:
+            with log.open("w") as output:
+                workers.append(subprocess.Popen(command, env=env, stderr=output))
+        try:
+            while not any("started" in log.read_text() for log in logs):
+                await asyncio.sleep(0.005)  # the first worker's store is open: it starts now
+            started = time.perf_counter()
+            while await store.list_runs(status="running", limit=1):
+                await asyncio.sleep(0.02)
+            elapsed = time.perf_counter() - started
+            failed = await store.list_runs(status="failed", limit=1)
+            assert not failed, failed
+            return elapsed, runs * 3
+        finally:
+            for worker in workers:
+                worker.send_signal(signal.SIGTERM)
+            for worker in workers:
+                worker.wait(30)
+            await store.close()
 
 
 def peers(python: str, size: int) -> None:

@@ -80,6 +80,8 @@ class Worker:
         self.compiled: dict[str, CompiledFlow] = {}
         self.replays: dict[str, Backend] = {}
         self.active: dict[tuple[str, str], tuple[Claim, asyncio.Task[None]]] = {}
+        self.writing: set[tuple[str, str]] = set()
+        """Claims whose outcome is being written: the store's fence decides, not a heartbeat."""
         self.wake = asyncio.Event()
         self.stopping = asyncio.Event()
 
@@ -217,10 +219,12 @@ class Worker:
             await self._failed(claim, f"internal error: {type(exc).__name__}: {exc}", True)
         finally:
             self.active.pop(_key(claim), None)
+            self.writing.discard(_key(claim))
             self.wake.set()
             self.publish({"run_id": claim.run_id, "step_id": claim.step_id, "event": "changed"})
 
     async def _record(self, state: RunState, claim: Claim, outcome: Done | Skip | Wait) -> None:
+        self.writing.add(_key(claim))
         now = self.clock()
         if isinstance(outcome, Wait):
             await self.store.wait_for_gate(claim, outcome.message, outcome.deadline, now)
@@ -242,6 +246,7 @@ class Worker:
                 await self._finish_run(claim.run_id, self.clock())
 
     async def _failed(self, claim: Claim, error: str, retryable: bool) -> None:
+        self.writing.add(_key(claim))
         now = self.clock()
         retry_at: float | None = None
         if retryable:
@@ -269,7 +274,7 @@ class Worker:
                 continue
             for claim in claims:
                 key = _key(claim)
-                if key not in held and key in self.active:
+                if key not in held and key in self.active and key not in self.writing:
                     self.active[key][1].cancel()
                     await self._count_lost(claim)
 

@@ -149,7 +149,7 @@ def _claim_of(row: list[Any]) -> Claim:
 @dataclass
 class _Tx:
     """One write transaction: its connection, and the events it appends (per run, in order),
-    flushed in one statement per run just before COMMIT."""
+    written just before COMMIT: the last run's together with the receipt and wake-ups."""
 
     conn: Conn
     now: float
@@ -160,16 +160,34 @@ class _Tx:
     ) -> None:
         self.events.setdefault(run_id, []).append((step_id, event, payload))
 
-    async def flush(self) -> None:
-        for run_id, rows in self.events.items():
-            await self.conn.execute(
-                Q["append_events"],
-                run_id,
-                [step_id for step_id, _, _ in rows],
-                [event for _, event, _ in rows],
-                [_json(dict(payload)) for _, _, payload in rows],
-                self.now,
-            )
+    async def finish(self, token: str, result: Any) -> None:
+        """Append the events, leave the receipt and notify the changed runs. A write that
+        changed nothing needs none of it (running it again is harmless)."""
+        if not self.events:
+            return
+        *others, last = self.events.items()
+        for run_id, rows in others:
+            await self.conn.execute(Q["append_events"], run_id, *_columns(rows), self.now)
+        await self.conn.fetchval(
+            Q["finish_write"],
+            token,
+            _json(result),
+            time.time(),
+            CHANNEL,
+            list(self.events),
+            last[0],
+            *_columns(last[1]),
+            self.now,
+        )
+
+
+def _columns(rows: list[EventRow]) -> tuple[list[str | None], list[str], list[str]]:
+    """Events as the parallel arrays the queries unnest: steps, names, payloads."""
+    return (
+        [step_id for step_id, _, _ in rows],
+        [event for _, event, _ in rows],
+        [_json(dict(payload)) for _, _, payload in rows],
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +249,7 @@ class PostgresStore(Store):
                 max_size=self.pool_size,
                 timeout=self.connect_timeout,
                 server_settings=self._settings(),
+                reset=_keep,
             )
             async with self._pool.acquire() as conn:
                 await self._migrate(conn)
@@ -331,16 +350,7 @@ class PostgresStore(Store):
             try:
                 tx = _Tx(conn, at)
                 result = await body(tx)
-                await tx.flush()
-                if tx.events:  # a write that changed nothing needs no receipt
-                    await conn.fetchval(
-                        Q["finish_write"],
-                        token,
-                        _json(receipt.encode(result)),
-                        time.time(),
-                        CHANNEL,
-                        list(tx.events),
-                    )
+                await tx.finish(token, receipt.encode(result))
             except BaseException:
                 with contextlib.suppress(*TRANSIENT):
                     await transaction.rollback()
@@ -514,6 +524,8 @@ class PostgresStore(Store):
     ) -> list[Claim]:
         if capacity.agents <= 0 and capacity.others <= 0:
             return []
+        if not (await self._fetch("claim_probe", now, run_id))[0][0]:
+            return []
         limit = capacity.agents + capacity.others
 
         async def body(tx: _Tx) -> list[Claim]:
@@ -527,24 +539,13 @@ class PostgresStore(Store):
             caps = {r["id"]: r["max_parallel"] for r in locked}
             rows = [row for row in rows if row["run_id"] in caps]
             running = await _running_agents(conn, rows)
-            agents, others = capacity.agents, capacity.others
+            pending, lost = _choose(rows, capacity, caps, running)
             claims = []
-            for row in rows:
-                if row["agent"]:
-                    cap = caps[row["run_id"]]
-                    if agents <= 0 or (cap is not None and running[row["run_id"]] >= cap):
-                        continue
-                elif others <= 0:
-                    continue
-                claim = await _take(tx, row, worker, lease, max_crashes)
-                if claim is None:
-                    continue
-                claims.append(claim)
-                if row["agent"]:
-                    agents -= 1
-                    running[row["run_id"]] += 1
-                else:
-                    others -= 1
+            for row in lost:
+                if (claim := await _take_over(tx, row, worker, lease, max_crashes)) is not None:
+                    claims.append(claim)
+            for run, step_ids in pending.items():
+                claims += await _take(tx, run, step_ids, worker, lease)
             return claims
 
         async def decode(value: list[list[Any]]) -> list[Claim]:
@@ -586,8 +587,7 @@ class PostgresStore(Store):
         self, claim: Claim, result: StepResult, now: float, eager: Eager | None = None
     ) -> Settled | None:
         async def body(tx: _Tx) -> Settled | None:
-            await tx.conn.execute(Q["lock_run"], claim.run_id)
-            dependents = await tx.conn.fetchval(
+            rows = await tx.conn.fetch(
                 Q["complete_step"],
                 *_fence(claim),
                 result.output,
@@ -597,12 +597,12 @@ class PostgresStore(Store):
                 result.scripted,
                 now,
             )
-            if dependents is None:
+            if not rows:
                 _refuse_stale(tx, claim)
                 return None
             payload = {"attempt": claim.attempt, "scripted": result.scripted}
             tx.event(claim.run_id, claim.step_id, "step_completed", payload)
-            return await _settle(tx, claim.run_id, dependents, eager)
+            return await _settled(tx, claim.run_id, rows, eager)
 
         return await self._write("complete_step", body, SETTLED, now)
 
@@ -610,7 +610,6 @@ class PostgresStore(Store):
         self, claim: Claim, reason: str, now: float, eager: Eager | None = None
     ) -> Settled | None:
         async def body(tx: _Tx) -> Settled | None:
-            await tx.conn.execute(Q["lock_run"], claim.run_id)
             dependents = await tx.conn.fetchval(Q["skip_step"], *_fence(claim), now)
             if dependents is None:
                 _refuse_stale(tx, claim)
@@ -810,6 +809,35 @@ class PostgresStore(Store):
         await self._write("append_event", body, now=now)
 
 
+def _choose(
+    rows: list[asyncpg.Record],
+    capacity: Capacity,
+    caps: Mapping[str, int | None],
+    running: dict[str, int],
+) -> tuple[dict[str, list[str]], list[asyncpg.Record]]:
+    """The rows a claim takes within its capacity (and each run's ``max_parallel``):
+    pending steps by run, and steps whose lease expired."""
+    agents, others = capacity.agents, capacity.others
+    pending: dict[str, list[str]] = {}
+    lost = []
+    for row in rows:
+        if row["agent"]:
+            cap = caps[row["run_id"]]
+            if agents <= 0 or (cap is not None and running[row["run_id"]] >= cap):
+                continue
+            agents -= 1
+            running[row["run_id"]] += 1
+        elif others > 0:
+            others -= 1
+        else:
+            continue
+        if row["status"] == "pending":
+            pending.setdefault(row["run_id"], []).append(row["step_id"])
+        else:
+            lost.append(row)
+    return pending, lost
+
+
 async def _running_agents(conn: Conn, rows: list[asyncpg.Record]) -> dict[str, int]:
     """Agent steps running now in each run that ``rows`` would claim agent steps of."""
     agent_runs = sorted({row["run_id"] for row in rows if row["agent"]})
@@ -823,6 +851,11 @@ async def _running_agents(conn: Conn, rows: list[asyncpg.Record]) -> dict[str, i
 
 def _setter(event: asyncio.Event) -> Callable[[Any], None]:
     return lambda _: event.set()
+
+
+async def _keep(conn: Conn) -> None:
+    """Nothing to reset when a connection goes back to the pool: the store leaves no session
+    state behind (asyncpg's default reset costs a round trip per transaction)."""
 
 
 def _settled_json(settled: Settled | None) -> Any:
@@ -855,35 +888,45 @@ def _refuse_stale(tx: _Tx, claim: Claim) -> None:
 
 
 async def _settle(tx: _Tx, run_id: str, dependents: list[str], eager: Eager | None) -> Settled:
-    """A step settled: count it off its run, and its dependents wait on one need fewer.
-    A dependent excluded by the band whose needs have now all settled is settled as
-    excluded on the spot, and so on down the graph. With ``eager``, code steps and
+    """A step settled: count it off its run, and its dependents wait on one need fewer
+    (then as :func:`_settled`)."""
+    rows = await tx.conn.fetch(Q["settle"], run_id, 1, dependents, tx.now)
+    return await _settled(tx, run_id, rows, eager)
+
+
+async def _settled(
+    tx: _Tx, run_id: str, rows: list[asyncpg.Record], eager: Eager | None
+) -> Settled:
+    """After a settlement (``rows``: the run's unsettled count and its dependents as they
+    are now): a dependent excluded by the band whose needs have all settled is settled
+    as excluded on the spot, and so on down the graph. With ``eager``, code steps and
     gates made ready are claimed at once (the caller holds the run's lock)."""
-    conn, now = tx.conn, tx.now
-    settled, ready = 1, []
-    level = list(dependents)
-    while level:
-        rows = {r["step_id"]: r for r in await conn.fetch(Q["settle_dependents"], run_id, level)}
-        level = []
-        for step_id in dict.fromkeys(rows):
-            row = rows[step_id]
+    ready: list[str] = []
+    while True:
+        unsettled = rows[0]["unsettled"]
+        excluded, level = 0, []
+        dependents = sorted((row for row in rows if row["step_id"] is not None), key=_position)
+        for row in dependents:
             if row["waiting_on"] != 0 or row["status"] != "pending":
                 continue
             if row["excluded"]:
-                await _mark_excluded(tx, run_id, step_id)
-                settled += 1
+                await _mark_excluded(tx, run_id, row["step_id"])
+                excluded += 1
                 level.extend(row["dependents"])
             else:
-                ready.append(step_id)
-    unsettled = await conn.fetchval(Q["settle_run"], run_id, settled, now)
-    claims: list[Claim] = []
-    if eager is not None:
-        for step_id in ready[: eager.others]:
-            found = await conn.fetchrow(Q["claimable_step"], run_id, step_id, now)
-            claim = await _take(tx, found, eager.worker, eager.lease, 1) if found else None
-            if claim is not None:
-                claims.append(claim)
-    return Settled(unsettled, tuple(claims))
+                ready.append(row["step_id"])
+        if not excluded:
+            break
+        rows = await tx.conn.fetch(Q["settle"], run_id, excluded, level, tx.now)
+    claims: tuple[Claim, ...] = ()
+    if eager is not None and ready and eager.others > 0:
+        first = ready[: eager.others]
+        claims = tuple(await _take(tx, run_id, first, eager.worker, eager.lease, agents=False))
+    return Settled(unsettled, claims)
+
+
+def _position(row: asyncpg.Record) -> int:
+    return int(row["position"])
 
 
 async def _mark_excluded(tx: _Tx, run_id: str, step_id: str) -> None:
@@ -920,22 +963,44 @@ async def _fail(tx: _Tx, fence: tuple[str, str, str | None, int], status: str, e
 
 
 async def _take(
+    tx: _Tx,
+    run_id: str,
+    step_ids: list[str],
+    worker: str,
+    lease: float,
+    *,
+    agents: bool = True,
+) -> list[Claim]:
+    """Lease pending steps of one locked run to ``worker`` (agent steps too, or not)."""
+    query = Q["take_steps"] if agents else Q["take_code_steps"]
+    rows = await tx.conn.fetch(query, run_id, step_ids, worker, tx.now + lease, tx.now)
+    order = {step_id: index for index, step_id in enumerate(step_ids)}
+    claims = []
+    for row in sorted(rows, key=lambda row: order[row["step_id"]]):
+        payload = {"attempt": row["attempts"], "worker": worker}
+        tx.event(run_id, row["step_id"], "step_started", payload)
+        claims.append(
+            Claim(run_id, row["step_id"], row["kind"], row["attempts"], row["failures"], worker)
+        )
+    return claims
+
+
+async def _take_over(
     tx: _Tx, row: asyncpg.Record, worker: str, lease: float, max_crashes: int
 ) -> Claim | None:
-    """Lease one step to ``worker``; a step taken from a lost worker counts a crash."""
+    """Lease a step whose worker stopped heartbeating; its crash is counted, and past
+    ``max_crashes`` the step is failed (with its run) instead."""
     conn, now = tx.conn, tx.now
     run_id, step_id = row["run_id"], row["step_id"]
-    crashes = row["crashes"]
-    if row["status"] == "running":  # its worker stopped heartbeating
-        crashes += 1
-        lost = {"owner": row["lease_owner"], "attempt": row["attempts"]}
-        tx.event(run_id, step_id, "lease_expired", lost)
-        decision = after_lost_lease(crashes, max_crashes)
-        if isinstance(decision, GiveUp):
-            await conn.execute(Q["count_crash"], run_id, step_id, crashes)
-            fence = (run_id, step_id, row["lease_owner"], row["attempts"])
-            await _fail(tx, fence, "running", decision.reason)
-            return None
+    crashes = row["crashes"] + 1
+    lost = {"owner": row["lease_owner"], "attempt": row["attempts"]}
+    tx.event(run_id, step_id, "lease_expired", lost)
+    decision = after_lost_lease(crashes, max_crashes)
+    if isinstance(decision, GiveUp):
+        await conn.execute(Q["count_crash"], run_id, step_id, crashes)
+        fence = (run_id, step_id, row["lease_owner"], row["attempts"])
+        await _fail(tx, fence, "running", decision.reason)
+        return None
     attempt = row["attempts"] + 1
     await conn.execute(Q["take_step"], run_id, step_id, attempt, crashes, worker, now + lease, now)
     tx.event(run_id, step_id, "step_started", {"attempt": attempt, "worker": worker})

@@ -80,8 +80,20 @@ FROM counter, unnest($2::text[], $3::text[], $4::text[]) WITH ORDINALITY
      AS e(step_id, event, payload, n);
 
 -- name: finish_write
--- The commit receipt and the wake-ups, in one round trip before COMMIT.
-WITH receipt AS (INSERT INTO commits (token, result, at) VALUES ($1, $2, $3))
+-- The last run's events ($6..$9, as append_events), the commit receipt and the
+-- wake-ups of every changed run, in one round trip before COMMIT.
+WITH counter AS (
+    UPDATE runs SET last_event = last_event + cardinality($8::text[]), updated_at = $10
+    WHERE id = $6 RETURNING last_event
+), appended AS (
+    INSERT INTO events (run_id, id, step_id, event, payload, at)
+    SELECT $6, counter.last_event - cardinality($8::text[]) + e.n, e.step_id, e.event,
+           e.payload, $10
+    FROM counter, unnest($7::text[], $8::text[], $9::text[]) WITH ORDINALITY
+         AS e(step_id, event, payload, n)
+), receipt AS (
+    INSERT INTO commits (token, result, at) VALUES ($1, $2, $3)
+)
 SELECT count(pg_notify($4, run_id)) FROM unnest($5::text[]) AS changed(run_id);
 
 -- name: receipt
@@ -93,6 +105,18 @@ DELETE FROM commits WHERE at < $1;
 -- name: events
 SELECT run_id, id, step_id, event, payload, at FROM events
 WHERE run_id = $1 AND id > $2 ORDER BY id LIMIT $3;
+
+-- name: claim_probe
+-- Whether a claim could take anything: one round trip, no transaction, no locks.
+SELECT EXISTS (
+    SELECT 1 FROM steps s JOIN runs r ON r.id = s.run_id
+    WHERE s.status = 'pending' AND s.waiting_on = 0 AND s.ready_at <= $1
+      AND r.status = 'running' AND NOT s.excluded AND ($2::text IS NULL OR s.run_id = $2)
+) OR EXISTS (
+    SELECT 1 FROM steps s JOIN runs r ON r.id = s.run_id
+    WHERE s.status = 'running' AND s.lease_expires < $1
+      AND r.status = 'running' AND ($2::text IS NULL OR s.run_id = $2)
+);
 
 -- name: claimable_ready
 SELECT s.run_id, s.step_id, s.kind, s.agent, s.status, s.attempts, s.failures, s.crashes,
@@ -119,14 +143,6 @@ SELECT id, max_parallel FROM runs WHERE id = ANY($1::text[]) AND status = 'runni
 ORDER BY id
 FOR UPDATE SKIP LOCKED;
 
--- name: claimable_step
-SELECT s.run_id, s.step_id, s.kind, s.agent, s.status, s.attempts, s.failures, s.crashes,
-       s.lease_owner
-FROM steps s JOIN runs r ON r.id = s.run_id
-WHERE s.run_id = $1 AND s.step_id = $2 AND s.status = 'pending'
-  AND s.waiting_on = 0 AND s.ready_at <= $3 AND NOT s.agent AND NOT s.excluded
-  AND r.status = 'running';
-
 -- name: running_agents
 SELECT run_id, count(*) FROM steps
 WHERE run_id = ANY($1::text[]) AND status = 'running' AND agent
@@ -134,6 +150,24 @@ GROUP BY run_id;
 
 -- name: count_crash
 UPDATE steps SET crashes = $3 WHERE run_id = $1 AND step_id = $2;
+
+-- name: take_steps
+-- Lease pending steps (their runs locked by the caller); returns what was taken.
+UPDATE steps
+SET status = 'running', attempts = attempts + 1, lease_owner = $3, lease_expires = $4,
+    started_at = coalesce(started_at, $5)
+WHERE run_id = $1 AND step_id = ANY($2::text[]) AND status = 'pending' AND waiting_on = 0
+  AND ready_at <= $5 AND NOT excluded
+RETURNING step_id, kind, attempts, failures;
+
+-- name: take_code_steps
+-- The same for a settlement's eager claim: code steps and gates only.
+UPDATE steps
+SET status = 'running', attempts = attempts + 1, lease_owner = $3, lease_expires = $4,
+    started_at = coalesce(started_at, $5)
+WHERE run_id = $1 AND step_id = ANY($2::text[]) AND status = 'pending' AND waiting_on = 0
+  AND ready_at <= $5 AND NOT excluded AND NOT agent
+RETURNING step_id, kind, attempts, failures;
 
 -- name: take_step
 UPDATE steps
@@ -160,20 +194,37 @@ FROM steps s JOIN unnest($1::text[], $2::text[], $3::int[]) AS c(run_id, step_id
 WHERE s.status = 'running' AND s.lease_owner = $4;
 
 -- name: complete_step
-UPDATE steps
-SET status = 'completed', output = $5, fields = $6, data = $7,
-    input = coalesce($8, input), scripted = $9, error = NULL,
-    lease_owner = NULL, lease_expires = NULL, finished_at = $10
-WHERE run_id = $1 AND step_id = $2 AND status = 'running'
-  AND lease_owner = $3 AND attempts = $4
-RETURNING dependents;
+-- Record a result and settle it in one statement: lock the run (its uncorrelated
+-- subquery runs first), complete the step if the fence holds, count it off the run,
+-- and take one need off each dependent. No row when the fence does not hold; else
+-- one row per dependent (or one row of NULLs), each with the run's unsettled count.
+WITH done AS (
+    UPDATE steps
+    SET status = 'completed', output = $5, fields = $6, data = $7,
+        input = coalesce($8, input), scripted = $9, error = NULL,
+        lease_owner = NULL, lease_expires = NULL, finished_at = $10
+    WHERE run_id = (SELECT id FROM runs WHERE id = $1 FOR UPDATE) AND step_id = $2
+      AND status = 'running' AND lease_owner = $3 AND attempts = $4
+    RETURNING dependents
+), run AS (
+    UPDATE runs SET unsettled = unsettled - 1, updated_at = $10
+    WHERE id = $1 AND EXISTS (SELECT 1 FROM done)
+    RETURNING unsettled
+), dependent AS (
+    UPDATE steps SET waiting_on = waiting_on - 1
+    FROM done
+    WHERE steps.run_id = $1 AND steps.step_id = ANY(done.dependents)
+    RETURNING steps.step_id, steps.position, steps.waiting_on, steps.excluded, steps.status,
+              steps.dependents
+)
+SELECT run.unsettled, dependent.* FROM run LEFT JOIN dependent ON true;
 
 -- name: skip_step
 UPDATE steps
 SET status = 'skipped', output = '', fields = '{}', data = NULL, error = NULL,
     lease_owner = NULL, lease_expires = NULL, finished_at = $5
-WHERE run_id = $1 AND step_id = $2 AND status = 'running'
-  AND lease_owner = $3 AND attempts = $4
+WHERE run_id = (SELECT id FROM runs WHERE id = $1 FOR UPDATE) AND step_id = $2
+  AND status = 'running' AND lease_owner = $3 AND attempts = $4
 RETURNING dependents;
 
 -- name: retry_step
@@ -216,12 +267,23 @@ WHERE run_id = $1 AND step_id = $2 AND status = 'waiting';
 -- name: step_status
 SELECT status FROM steps WHERE run_id = $1 AND step_id = $2;
 
--- name: settle_dependents
--- A step named n times (needed by n steps that settled together) waits on n fewer.
-UPDATE steps SET waiting_on = waiting_on - settled.n
-FROM (SELECT step_id, count(*) AS n FROM unnest($2::text[]) AS step_id GROUP BY step_id) settled
-WHERE steps.run_id = $1 AND steps.step_id = settled.step_id
-RETURNING steps.step_id, steps.waiting_on, steps.excluded, steps.status, steps.dependents;
+-- name: settle
+-- $2 steps of the run settled; their dependents ($3) wait on one need fewer each (a
+-- step named n times, needed by n steps that settled together, waits on n fewer).
+-- One row per dependent, or one row of NULLs when there is none; every row carries
+-- the run's unsettled count.
+WITH run AS (
+    UPDATE runs SET unsettled = unsettled - $2, updated_at = $4 WHERE id = $1
+    RETURNING unsettled
+), dependent AS (
+    UPDATE steps SET waiting_on = waiting_on - settled.n
+    FROM (SELECT step_id, count(*) AS n FROM unnest($3::text[]) AS step_id GROUP BY step_id)
+         AS settled
+    WHERE steps.run_id = $1 AND steps.step_id = settled.step_id
+    RETURNING steps.step_id, steps.position, steps.waiting_on, steps.excluded, steps.status,
+              steps.dependents
+)
+SELECT run.unsettled, dependent.* FROM run LEFT JOIN dependent ON true;
 
 -- name: exclude_step
 UPDATE steps SET status = 'excluded', output = '', fields = '{}', data = NULL, finished_at = $3
@@ -231,10 +293,6 @@ WHERE run_id = $1 AND step_id = $2 AND status = 'pending';
 SELECT step_id, dependents FROM steps
 WHERE run_id = $1 AND status = 'pending' AND excluded AND waiting_on = 0
 ORDER BY position;
-
--- name: settle_run
-UPDATE runs SET unsettled = unsettled - $2, updated_at = $3 WHERE id = $1
-RETURNING unsettled;
 
 -- name: live_steps
 SELECT step_id FROM steps
