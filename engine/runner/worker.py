@@ -104,19 +104,23 @@ class Worker:
         try:
             while not self.stopping.is_set():
                 now = self.clock()
-                if now - reaped_at >= REAP_SECONDS:
-                    await self._reap_dead_owners(now)
-                    reaped_at = now
-                if now - swept_at >= self.settings.poll_seconds:
-                    await self._finish_runs(now)
-                    await self._expire_gates(now)
-                    swept_at = now
-                claimed = await self._claim(now)
-                if until is not None and await until():
-                    break
-                idle = not self.active and not claimed
-                if until_idle and idle and not await self.store.has_work(now, self.run_id):
-                    break
+                try:
+                    if now - reaped_at >= REAP_SECONDS:
+                        await self._reap_dead_owners(now)
+                        reaped_at = now
+                    if now - swept_at >= self.settings.poll_seconds:
+                        await self._finish_runs(now)
+                        await self._expire_gates(now)
+                        swept_at = now
+                    claimed = await self._claim(now)
+                    if until is not None and await until():
+                        break
+                    idle = not self.active and not claimed
+                    if until_idle and idle and not await self.store.has_work(now, self.run_id):
+                        break
+                except StoreError as exc:  # the store retried already: back off, never crash
+                    log.warning("the store is unavailable; backing off: %s", exc)
+                    claimed = False
                 if not claimed:
                     await self._sleep()
         finally:
@@ -170,18 +174,14 @@ class Worker:
         capacity = Capacity(
             self.settings.max_agents - running_agents, self.settings.max_code - running_others
         )
-        try:
-            claims = await self.store.claim(
-                self.id,
-                now,
-                self.settings.lease_seconds,
-                capacity,
-                self.settings.max_crashes,
-                self.run_id,
-            )
-        except StoreError as exc:
-            log.warning("claim failed, will retry: %s", exc)
-            return False
+        claims = await self.store.claim(
+            self.id,
+            now,
+            self.settings.lease_seconds,
+            capacity,
+            self.settings.max_crashes,
+            self.run_id,
+        )
         for claim in claims:
             self._start(claim)
         return bool(claims)

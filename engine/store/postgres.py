@@ -76,6 +76,7 @@ TRANSIENT = (
     asyncpg.exceptions.OperatorInterventionError,  # shutdown, terminated backend
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.InternalClientError,  # a connection left mid-operation by a lost one
 )
 """Errors that end a connection (or the attempt to make one): reconnect and retry."""
 
@@ -231,10 +232,10 @@ class PostgresStore(Store):
     # Connections
 
     def _settings(self) -> dict[str, str]:
-        return {
-            "statement_timeout": str(int(self.statement_timeout * 1000)),
-            "application_name": "flowrunner",
-        }
+        settings = {"statement_timeout": str(int(self.statement_timeout * 1000))}
+        if "application_name=" not in self.url:  # the URL may name the connections itself
+            settings["application_name"] = "flowrunner"
+        return settings
 
     async def _connect(self) -> Conn:
         return await asyncpg.connect(
@@ -302,7 +303,11 @@ class PostgresStore(Store):
         while True:
             try:
                 async with pool.acquire(timeout=self.connect_timeout) as conn:
-                    return await attempt(conn)
+                    try:
+                        return await attempt(conn)
+                    except TRANSIENT:
+                        conn.terminate()  # never hand a broken connection back to the pool
+                        raise
             except (*TRANSIENT, *CONTENTION) as exc:
                 if time.monotonic() + delay > deadline:
                     raise StoreError(f"PostgreSQL store: {what}: {_describe(exc)}") from exc
@@ -351,6 +356,8 @@ class PostgresStore(Store):
                 tx = _Tx(conn, at)
                 result = await body(tx)
                 await tx.finish(token, receipt.encode(result))
+            except TRANSIENT:
+                raise  # the connection is gone (and with it the transaction)
             except BaseException:
                 with contextlib.suppress(*TRANSIENT):
                     await transaction.rollback()

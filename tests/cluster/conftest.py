@@ -13,6 +13,7 @@ import asyncio
 import json
 import re
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,21 @@ class ClusterProject(E2EProject):
             )
         return found
 
+    @property
+    def application(self) -> str:
+        """The ``application_name`` of this test's connections (and only this test's)."""
+        return self.url.rpartition("application_name=")[2]
+
+    def terminate_backends(self, condition: str = "true") -> list[int]:
+        """``pg_terminate_backend`` this test's connections that match ``condition``
+        (pg_stat_activity columns); their pids."""
+        rows = self.query(
+            "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity "
+            f"WHERE application_name = ? AND pid <> pg_backend_pid() AND ({condition})",
+            self.application,
+        )
+        return [row["pid"] for row in rows]
+
     def close(self) -> None:
         super().close()
         if self.conn is not None:
@@ -134,13 +150,14 @@ class ClusterProject(E2EProject):
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[ClusterProject]:
+def cluster(tmp_path: Path) -> Iterator[ClusterProject]:
     """A fresh project on a fresh PostgreSQL schema; its processes are killed afterwards."""
-    module = request.module.__name__.rpartition(".")[2]
+    package = f"cl_{uuid.uuid4().hex[:8]}_steps"  # imported here too: unique per test
     loop = asyncio.new_event_loop()
     schema = fresh_schema()
     url = loop.run_until_complete(schema.__aenter__())
-    made = ClusterProject(tmp_path / "project", f"cl_{module}_steps", url, loop)
+    url += f"&application_name=fr_{url.rpartition('=')[2]}"  # tells this test's connections
+    made = ClusterProject(tmp_path / "project", package, url, loop)
     try:
         yield made
     finally:
