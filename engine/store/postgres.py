@@ -80,6 +80,10 @@ TRANSIENT = (
 )
 """Errors that end a connection (or the attempt to make one): reconnect and retry."""
 
+COMMAND_MARGIN = 1.0
+"""Seconds past the server's statement timeout after which the client gives up on a call:
+a connection that died without a word (no FIN, no RST) fails over instead of hanging."""
+
 CONTENTION = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
 """Errors after which the whole transaction was rolled back and may simply run again."""
 
@@ -154,24 +158,31 @@ class _Tx:
 
     conn: Conn
     now: float
+    token: str
     events: dict[str, list[EventRow]] = field(default_factory=dict)
+    receipted: bool = False
+    """A statement of the body already left the receipt and notified (settle_step)."""
 
     def event(
         self, run_id: str, step_id: str | None, event: str, payload: Mapping[str, Any]
     ) -> None:
         self.events.setdefault(run_id, []).append((step_id, event, payload))
 
-    async def finish(self, token: str, result: Any) -> None:
+    async def finish(self, result: Any) -> None:
         """Append the events, leave the receipt and notify the changed runs. A write that
         changed nothing needs none of it (running it again is harmless)."""
         if not self.events:
+            return
+        if self.receipted:
+            for run_id, rows in self.events.items():
+                await self.conn.execute(Q["append_events"], run_id, *_columns(rows), self.now)
             return
         *others, last = self.events.items()
         for run_id, rows in others:
             await self.conn.execute(Q["append_events"], run_id, *_columns(rows), self.now)
         await self.conn.fetchval(
             Q["finish_write"],
-            token,
+            self.token,
             _json(result),
             time.time(),
             CHANNEL,
@@ -179,7 +190,13 @@ class _Tx:
             last[0],
             *_columns(last[1]),
             self.now,
+            _lock_key(self.token),
         )
+
+
+def _lock_key(token: str) -> int:
+    """The advisory lock a write holds on its receipt (64 bits of its token, signed)."""
+    return int(token[:16], 16) - 2**63
 
 
 def _columns(rows: list[EventRow]) -> tuple[list[str | None], list[str], list[str]]:
@@ -250,6 +267,7 @@ class PostgresStore(Store):
                 max_size=self.pool_size,
                 timeout=self.connect_timeout,
                 server_settings=self._settings(),
+                command_timeout=self.statement_timeout + COMMAND_MARGIN,
                 reset=_keep,
             )
             async with self._pool.acquire() as conn:
@@ -294,11 +312,11 @@ class PostgresStore(Store):
 
     async def _retrying(self, attempt: Callable[[Conn], Awaitable[T]], what: str) -> T:
         """Run ``attempt`` on a pooled connection; lost connections and deadlocks are retried
-        with backoff for ``retry_seconds``."""
+        with backoff for ``retry_seconds`` from the first failure."""
         pool = self._pool
         if pool is None:
             raise StoreError("the store is not open")
-        deadline = time.monotonic() + self.retry_seconds
+        deadline: float | None = None
         delay = 0.05
         while True:
             try:
@@ -309,6 +327,8 @@ class PostgresStore(Store):
                         conn.terminate()  # never hand a broken connection back to the pool
                         raise
             except (*TRANSIENT, *CONTENTION) as exc:
+                if deadline is None:
+                    deadline = time.monotonic() + self.retry_seconds
                 if time.monotonic() + delay > deadline:
                     raise StoreError(f"PostgreSQL store: {what}: {_describe(exc)}") from exc
                 log.warning("PostgreSQL: %s: %s; retrying in %.2fs", what, _describe(exc), delay)
@@ -343,8 +363,12 @@ class PostgresStore(Store):
 
         async def attempt(conn: Conn) -> T:
             nonlocal uncertain
-            if uncertain:
-                found = await conn.fetchval(Q["receipt"], token)
+            if uncertain:  # wait for the lost write to end, then read its receipt
+                await conn.execute(Q["receipt_lock"], _lock_key(token))
+                try:
+                    found = await conn.fetchval(Q["receipt"], token)
+                finally:
+                    await conn.execute(Q["receipt_unlock"], _lock_key(token))
                 if found is not None:
                     log.info("PostgreSQL: %s had committed; its receipt says so", what)
                     result: T = await receipt.decode(json.loads(found))
@@ -353,9 +377,9 @@ class PostgresStore(Store):
             transaction = conn.transaction()
             await transaction.start()
             try:
-                tx = _Tx(conn, at)
+                tx = _Tx(conn, at, token)
                 result = await body(tx)
-                await tx.finish(token, receipt.encode(result))
+                await tx.finish(receipt.encode(result))
             except TRANSIENT:
                 raise  # the connection is gone (and with it the transaction)
             except BaseException:
@@ -593,38 +617,78 @@ class PostgresStore(Store):
     async def complete_step(
         self, claim: Claim, result: StepResult, now: float, eager: Eager | None = None
     ) -> Settled | None:
-        async def body(tx: _Tx) -> Settled | None:
-            rows = await tx.conn.fetch(
-                Q["complete_step"],
-                *_fence(claim),
-                result.output,
-                _json(dict(result.fields)),
-                _json(result.data) if result.data is not None else None,
-                result.input,
-                result.scripted,
-                now,
-            )
-            if not rows:
-                _refuse_stale(tx, claim)
-                return None
-            payload = {"attempt": claim.attempt, "scripted": result.scripted}
-            tx.event(claim.run_id, claim.step_id, "step_completed", payload)
-            return await _settled(tx, claim.run_id, rows, eager)
-
-        return await self._write("complete_step", body, SETTLED, now)
+        values = (
+            "completed",
+            result.output,
+            _json(dict(result.fields)),
+            _json(result.data) if result.data is not None else None,
+            result.input,
+            result.scripted,
+        )
+        payload = {"attempt": claim.attempt, "scripted": result.scripted}
+        return await self._settle_step(claim, values, "step_completed", payload, now, eager)
 
     async def skip_step(
         self, claim: Claim, reason: str, now: float, eager: Eager | None = None
     ) -> Settled | None:
+        values = ("skipped", "", "{}", None, None, False)
+        payload = {"reason": reason}
+        return await self._settle_step(claim, values, "step_skipped", payload, now, eager)
+
+    async def _settle_step(
+        self,
+        claim: Claim,
+        values: tuple[str, str, str, str | None, str | None, bool],
+        event: str,
+        payload: Mapping[str, Any],
+        now: float,
+        eager: Eager | None,
+    ) -> Settled | None:
+        """Complete or skip a claimed step (``values``: status, output, fields, data, input,
+        scripted) and settle it: one statement, unless band-excluded steps are reached."""
+        worker = eager.worker if eager is not None else None
+        expires = now + eager.lease if eager is not None else None
+        others = eager.others if eager is not None else 0
+
         async def body(tx: _Tx) -> Settled | None:
-            dependents = await tx.conn.fetchval(Q["skip_step"], *_fence(claim), now)
-            if dependents is None:
+            rows = await tx.conn.fetch(
+                Q["settle_step"],
+                *_fence(claim),
+                *values,
+                now,
+                worker,
+                expires,
+                max(others, 0),
+                event,
+                _json(dict(payload)),
+                tx.token,
+                CHANNEL,
+                _lock_key(tx.token),
+            )
+            if not rows:
                 _refuse_stale(tx, claim)
                 return None
-            tx.event(claim.run_id, claim.step_id, "step_skipped", {"reason": reason})
-            return await _settle(tx, claim.run_id, dependents, eager)
+            tx.receipted = True
+            taken = sorted((row for row in rows if row["taken"]), key=_position)
+            unsettled = await _settled(tx, claim.run_id, rows)
+            return Settled(unsettled, _claims(claim.run_id, taken, worker) if worker else ())
 
-        return await self._write("skip_step", body, SETTLED, now)
+        async def recover(value: Any) -> Settled | None:
+            if value != "adopt":
+                return await _settled_of(value)
+            return await self._adopt(claim.run_id, worker)
+
+        return await self._write(event, body, _Receipt(_settled_json, recover), now)
+
+    async def _adopt(self, run_id: str, worker: str | None) -> Settled:
+        """What a settlement whose acknowledgement was lost returned: the run's unsettled
+        count, and the steps of the run leased to ``worker`` (its eager claims; a worker
+        starts those it is not running already)."""
+        run = await self.get_run(run_id)
+        if worker is None:
+            return Settled(run.unsettled)
+        rows = await self._fetch("leased_to", run_id, worker)
+        return Settled(run.unsettled, _claims(run_id, rows, worker))
 
     async def fail_attempt(
         self, claim: Claim, error: str, retry_at: float | None, now: float
@@ -704,7 +768,7 @@ class PostgresStore(Store):
             tx.event(run_id, step_id, "gate_decided", summary)
             if settle:
                 tx.event(run_id, step_id, "step_completed", {"gate": True})
-                await _settle(tx, run_id, dependents, None)
+                await _settle(tx, run_id, dependents)
             else:
                 tx.event(run_id, step_id, "step_failed", {"error": error})
                 await _end(tx, run_id, RunStatus.FAILED, f"step '{step_id}' {error}")
@@ -894,42 +958,36 @@ def _refuse_stale(tx: _Tx, claim: Claim) -> None:
     tx.event(claim.run_id, claim.step_id, "stale_result_refused", payload)
 
 
-async def _settle(tx: _Tx, run_id: str, dependents: list[str], eager: Eager | None) -> Settled:
+async def _settle(tx: _Tx, run_id: str, dependents: list[str]) -> int:
     """A step settled: count it off its run, and its dependents wait on one need fewer
-    (then as :func:`_settled`)."""
+    (then as :func:`_settled`); the run's unsettled count."""
     rows = await tx.conn.fetch(Q["settle"], run_id, 1, dependents, tx.now)
-    return await _settled(tx, run_id, rows, eager)
+    return await _settled(tx, run_id, rows)
 
 
-async def _settled(
-    tx: _Tx, run_id: str, rows: list[asyncpg.Record], eager: Eager | None
-) -> Settled:
+async def _settled(tx: _Tx, run_id: str, rows: list[asyncpg.Record]) -> int:
     """After a settlement (``rows``: the run's unsettled count and its dependents as they
     are now): a dependent excluded by the band whose needs have all settled is settled
-    as excluded on the spot, and so on down the graph. With ``eager``, code steps and
-    gates made ready are claimed at once (the caller holds the run's lock)."""
-    ready: list[str] = []
+    as excluded on the spot, and so on down the graph. The run's unsettled count."""
     while True:
-        unsettled = rows[0]["unsettled"]
+        unsettled: int = rows[0]["unsettled"]
         excluded, level = 0, []
         dependents = sorted((row for row in rows if row["step_id"] is not None), key=_position)
         for row in dependents:
-            if row["waiting_on"] != 0 or row["status"] != "pending":
-                continue
-            if row["excluded"]:
+            if row["excluded"] and row["waiting_on"] == 0 and row["status"] == "pending":
                 await _mark_excluded(tx, run_id, row["step_id"])
                 excluded += 1
                 level.extend(row["dependents"])
-            else:
-                ready.append(row["step_id"])
         if not excluded:
-            break
+            return unsettled
         rows = await tx.conn.fetch(Q["settle"], run_id, excluded, level, tx.now)
-    claims: tuple[Claim, ...] = ()
-    if eager is not None and ready and eager.others > 0:
-        first = ready[: eager.others]
-        claims = tuple(await _take(tx, run_id, first, eager.worker, eager.lease, agents=False))
-    return Settled(unsettled, claims)
+
+
+def _claims(run_id: str, rows: Sequence[asyncpg.Record], worker: str) -> tuple[Claim, ...]:
+    return tuple(
+        Claim(run_id, row["step_id"], row["kind"], row["attempts"], row["failures"], worker)
+        for row in rows
+    )
 
 
 def _position(row: asyncpg.Record) -> int:
@@ -945,7 +1003,7 @@ async def _reach_excluded(tx: _Tx, run_id: str) -> None:
     """Settle the excluded steps whose needs have all settled (at launch, after a retry)."""
     for row in await tx.conn.fetch(Q["reached_excluded"], run_id):
         await _mark_excluded(tx, run_id, row["step_id"])
-        await _settle(tx, run_id, row["dependents"], None)
+        await _settle(tx, run_id, row["dependents"])
 
 
 async def _end(tx: _Tx, run_id: str, status: RunStatus, error: str | None) -> None:
@@ -970,26 +1028,16 @@ async def _fail(tx: _Tx, fence: tuple[str, str, str | None, int], status: str, e
 
 
 async def _take(
-    tx: _Tx,
-    run_id: str,
-    step_ids: list[str],
-    worker: str,
-    lease: float,
-    *,
-    agents: bool = True,
+    tx: _Tx, run_id: str, step_ids: list[str], worker: str, lease: float
 ) -> list[Claim]:
-    """Lease pending steps of one locked run to ``worker`` (agent steps too, or not)."""
-    query = Q["take_steps"] if agents else Q["take_code_steps"]
-    rows = await tx.conn.fetch(query, run_id, step_ids, worker, tx.now + lease, tx.now)
+    """Lease pending steps of one locked run to ``worker``."""
+    rows = await tx.conn.fetch(Q["take_steps"], run_id, step_ids, worker, tx.now + lease, tx.now)
     order = {step_id: index for index, step_id in enumerate(step_ids)}
-    claims = []
-    for row in sorted(rows, key=lambda row: order[row["step_id"]]):
+    rows = sorted(rows, key=lambda row: order[row["step_id"]])
+    for row in rows:
         payload = {"attempt": row["attempts"], "worker": worker}
         tx.event(run_id, row["step_id"], "step_started", payload)
-        claims.append(
-            Claim(run_id, row["step_id"], row["kind"], row["attempts"], row["failures"], worker)
-        )
-    return claims
+    return list(_claims(run_id, rows, worker))
 
 
 async def _take_over(

@@ -81,7 +81,8 @@ FROM counter, unnest($2::text[], $3::text[], $4::text[]) WITH ORDINALITY
 
 -- name: finish_write
 -- The last run's events ($6..$9, as append_events), the commit receipt and the
--- wake-ups of every changed run, in one round trip before COMMIT.
+-- wake-ups of every changed run, in one round trip before COMMIT. The write holds
+-- the receipt's advisory lock ($11) until it ends: see receipt_lock.
 WITH counter AS (
     UPDATE runs SET last_event = last_event + cardinality($8::text[]), updated_at = $10
     WHERE id = $6 RETURNING last_event
@@ -94,10 +95,19 @@ WITH counter AS (
 ), receipt AS (
     INSERT INTO commits (token, result, at) VALUES ($1, $2, $3)
 )
-SELECT count(pg_notify($4, run_id)) FROM unnest($5::text[]) AS changed(run_id);
+SELECT count(pg_notify($4, run_id)), pg_advisory_xact_lock($11)
+FROM unnest($5::text[]) AS changed(run_id);
+
+-- name: receipt_lock
+-- Wait until the write that holds this receipt's lock has ended (committed or not),
+-- so that the receipt read next is the final word.
+SELECT pg_advisory_lock($1);
 
 -- name: receipt
 SELECT result FROM commits WHERE token = $1;
+
+-- name: receipt_unlock
+SELECT pg_advisory_unlock($1);
 
 -- name: prune_receipts
 DELETE FROM commits WHERE at < $1;
@@ -160,15 +170,6 @@ WHERE run_id = $1 AND step_id = ANY($2::text[]) AND status = 'pending' AND waiti
   AND ready_at <= $5 AND NOT excluded
 RETURNING step_id, kind, attempts, failures;
 
--- name: take_code_steps
--- The same for a settlement's eager claim: code steps and gates only.
-UPDATE steps
-SET status = 'running', attempts = attempts + 1, lease_owner = $3, lease_expires = $4,
-    started_at = coalesce(started_at, $5)
-WHERE run_id = $1 AND step_id = ANY($2::text[]) AND status = 'pending' AND waiting_on = 0
-  AND ready_at <= $5 AND NOT excluded AND NOT agent
-RETURNING step_id, kind, attempts, failures;
-
 -- name: take_step
 UPDATE steps
 SET status = 'running', attempts = $3, crashes = $4, lease_owner = $5,
@@ -193,39 +194,71 @@ FROM steps s JOIN unnest($1::text[], $2::text[], $3::int[]) AS c(run_id, step_id
      ON s.run_id = c.run_id AND s.step_id = c.step_id AND s.attempts = c.attempt
 WHERE s.status = 'running' AND s.lease_owner = $4;
 
--- name: complete_step
--- Record a result and settle it in one statement: lock the run (its uncorrelated
--- subquery runs first), complete the step if the fence holds, count it off the run,
--- and take one need off each dependent. No row when the fence does not hold; else
--- one row per dependent (or one row of NULLs), each with the run's unsettled count.
+-- name: settle_step
+-- A step's result, settled and recorded in one statement (the hot path of a run):
+-- lock the run (the uncorrelated subquery runs first); complete or skip the step
+-- if the fence ($3, $4) holds; take one need off each dependent, leasing at once
+-- (to $12, until $13) up to $14 code steps and gates it makes ready; count the
+-- step off the run; append its event ($15, $16) and the step_started events; leave
+-- the receipt ($17, its result "adopt": see PostgresStore._adopt) and hold its lock
+-- ($19, see receipt_lock); notify.
+-- No row when the fence does not hold; else one row per dependent (or one row of
+-- NULLs), each with the run's unsettled count.
 WITH done AS (
     UPDATE steps
-    SET status = 'completed', output = $5, fields = $6, data = $7,
-        input = coalesce($8, input), scripted = $9, error = NULL,
-        lease_owner = NULL, lease_expires = NULL, finished_at = $10
+    SET status = $5, output = $6, fields = $7, data = $8, input = coalesce($9, input),
+        scripted = $10, error = NULL, lease_owner = NULL, lease_expires = NULL,
+        finished_at = $11
     WHERE run_id = (SELECT id FROM runs WHERE id = $1 FOR UPDATE) AND step_id = $2
       AND status = 'running' AND lease_owner = $3 AND attempts = $4
     RETURNING dependents
-), run AS (
-    UPDATE runs SET unsettled = unsettled - 1, updated_at = $10
-    WHERE id = $1 AND EXISTS (SELECT 1 FROM done)
-    RETURNING unsettled
+), candidate AS (
+    SELECT s.step_id, s.position,
+           (s.waiting_on = 1 AND s.status = 'pending' AND NOT s.agent AND NOT s.excluded
+            AND s.ready_at <= $11) AS ready_code
+    FROM steps s, done
+    WHERE s.run_id = $1 AND s.step_id = ANY(done.dependents)
+), chosen AS (
+    SELECT step_id FROM candidate WHERE ready_code ORDER BY position LIMIT $14
 ), dependent AS (
-    UPDATE steps SET waiting_on = waiting_on - 1
-    FROM done
-    WHERE steps.run_id = $1 AND steps.step_id = ANY(done.dependents)
+    UPDATE steps
+    SET waiting_on = steps.waiting_on - 1,
+        status = CASE WHEN chosen.step_id IS NULL THEN steps.status ELSE 'running' END,
+        attempts = steps.attempts + (chosen.step_id IS NOT NULL)::int,
+        lease_owner = CASE WHEN chosen.step_id IS NULL THEN steps.lease_owner ELSE $12 END,
+        lease_expires = CASE WHEN chosen.step_id IS NULL THEN steps.lease_expires ELSE $13 END,
+        started_at = CASE WHEN chosen.step_id IS NULL THEN steps.started_at
+                          ELSE coalesce(steps.started_at, $11) END
+    FROM candidate LEFT JOIN chosen ON chosen.step_id = candidate.step_id
+    WHERE steps.run_id = $1 AND steps.step_id = candidate.step_id
     RETURNING steps.step_id, steps.position, steps.waiting_on, steps.excluded, steps.status,
-              steps.dependents
+              steps.dependents, steps.kind, steps.attempts, steps.failures,
+              chosen.step_id IS NOT NULL AS taken
+), taken AS (
+    SELECT count(*) AS n FROM dependent WHERE taken
+), run AS (
+    UPDATE runs
+    SET unsettled = unsettled - 1, updated_at = $11,
+        last_event = last_event + 1 + (SELECT n FROM taken)
+    WHERE id = $1 AND EXISTS (SELECT 1 FROM done)
+    RETURNING unsettled, last_event
+), logged AS (
+    INSERT INTO events (run_id, id, step_id, event, payload, at)
+    SELECT $1, run.last_event - taken.n, $2, $15, $16, $11 FROM run, taken
+    UNION ALL
+    SELECT $1, run.last_event - taken.n + row_number() OVER (ORDER BY d.position), d.step_id,
+           'step_started', json_build_object('attempt', d.attempts, 'worker', $12)::text, $11
+    FROM run, taken, dependent d WHERE d.taken
+), receipt AS (
+    INSERT INTO commits (token, result, at) SELECT $17, '"adopt"', $11 FROM run
 )
-SELECT run.unsettled, dependent.* FROM run LEFT JOIN dependent ON true;
+SELECT run.unsettled, pg_notify($18, $1) AS notified, pg_advisory_xact_lock($19) AS held,
+       dependent.*
+FROM run LEFT JOIN dependent ON true;
 
--- name: skip_step
-UPDATE steps
-SET status = 'skipped', output = '', fields = '{}', data = NULL, error = NULL,
-    lease_owner = NULL, lease_expires = NULL, finished_at = $5
-WHERE run_id = (SELECT id FROM runs WHERE id = $1 FOR UPDATE) AND step_id = $2
-  AND status = 'running' AND lease_owner = $3 AND attempts = $4
-RETURNING dependents;
+-- name: leased_to
+SELECT step_id, kind, attempts, failures FROM steps
+WHERE run_id = $1 AND status = 'running' AND lease_owner = $2 ORDER BY position;
 
 -- name: retry_step
 UPDATE steps
