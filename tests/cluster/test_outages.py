@@ -67,7 +67,8 @@ def test_a_terminated_listen_connection_is_replaced(cluster: ClusterProject) -> 
     before = wait_for(lambda: len(listeners()) == 2 and listeners(), 30, "both workers to LISTEN")
     first = cluster.launch_many("mixed", 10)
     cluster.wait(lambda: cluster.all_ended(first), 60, "the first runs to end")
-    assert cluster.terminate_backends("query LIKE 'LISTEN%'") and not listeners() & before
+    assert set(cluster.terminate_backends("query LIKE 'LISTEN%'")) == before
+    wait_for(lambda: not listeners() & before, 10, "the terminated backends to be gone")
     second = cluster.launch_many("mixed", 10)
     cluster.wait(lambda: cluster.all_ended(second), 60, "runs launched after the termination")
     after = wait_for(lambda: len(listeners()) == 2 and listeners(), 30, "both to LISTEN again")

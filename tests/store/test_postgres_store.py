@@ -1,0 +1,374 @@
+"""What only the PostgreSQL store promises: lost connections and lost COMMIT acknowledgements
+are survived without a write recorded twice, several processes claim without taking a
+step twice, and LISTEN/NOTIFY wake-ups outlive their connection.
+
+Faults are made for real: backends are ended with ``pg_terminate_backend``, and
+a TCP proxy (tests/pgproxy.py) in front of the server swallows what a network
+would lose. The proxy also names a store's backends exactly (their
+``client_port``), where ``application_name`` (``flowrunner`` for every store)
+would not tell this test's backends from those of tests running alongside.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import pytest
+
+from engine.core.plan import RunStatus, StepStatus
+from engine.store.base import (
+    Capacity,
+    Claim,
+    Eager,
+    NewRun,
+    NewStep,
+    StepRecord,
+    StepResult,
+    StoreError,
+)
+from engine.store.postgres import PostgresStore
+from tests.pgproxy import Proxy
+from tests.postgres import fresh_schema
+from tests.store.test_conformance import claim_ids, claim_one, diamond, event_names
+
+OpenStore = Callable[..., Awaitable[PostgresStore]]
+
+
+@pytest.fixture
+async def url() -> AsyncIterator[str]:
+    async with fresh_schema() as url:
+        yield url
+
+
+@pytest.fixture
+async def proxy(url: str) -> AsyncIterator[Proxy]:
+    async with Proxy(url) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+async def admin(url: str) -> AsyncIterator[asyncpg.Connection[Any]]:
+    """A connection of the test's own, on the test's schema."""
+    conn = await asyncpg.connect(url)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def open_store(url: str) -> AsyncIterator[OpenStore]:
+    """Open a store on the test's schema (or through ``via``, a proxy's URL); all are closed
+    at the end."""
+    opened: list[PostgresStore] = []
+
+    async def make(via: str | None = None, **options: Any) -> PostgresStore:
+        options.setdefault("retry_seconds", 5)
+        store = PostgresStore(via or url, **options)
+        await store.open()
+        opened.append(store)
+        return store
+
+    yield make
+    for store in opened:
+        await store.close()
+
+
+def unique(prefix: str = "r") -> str:
+    """A run id no other test uses: NOTIFY is database-wide, other schemas' runs included."""
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+async def backends(
+    admin: asyncpg.Connection[Any], proxy: Proxy, where: str = "true"
+) -> list[asyncpg.Record]:
+    """The server's backends for the proxy's open connections."""
+    return await admin.fetch(
+        "SELECT pid, query, state, wait_event_type, application_name FROM pg_stat_activity "
+        f"WHERE client_port = ANY($1::int[]) AND ({where}) ORDER BY pid",
+        proxy.upstream_ports(),
+    )
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> bool:
+    """Poll ``check`` until it holds (True) or ``timeout`` passes (False)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+async def steps_by_id(store: PostgresStore, run_id: str) -> dict[str, StepRecord]:
+    return {step.id: step for step in await store.get_steps(run_id)}
+
+
+# Lost acknowledgements
+
+
+async def test_a_completion_whose_commit_ack_is_lost_is_recorded_once(
+    proxy: Proxy, open_store: OpenStore
+) -> None:
+    store = await open_store(proxy.url)
+    await store.create_run(diamond(), 1.0)
+    a = await claim_one(store, "a")
+    connections = proxy.connections
+    proxy.drop_commit_ack()
+    settled = await store.complete_step(a, StepResult("out"), 2.0, Eager("w1", 30, 5))
+    assert proxy.fired == 1  # the COMMIT's acknowledgement never arrived
+    assert proxy.connections > connections  # the answer came over a new connection
+    assert settled is not None  # the receipt said: committed (not "your lease is lost")
+    assert settled.unsettled == 3
+    assert [(c.step_id, c.attempt, c.worker) for c in settled.claims] == [("c", 1, "w1")]
+    names = await event_names(store)
+    assert names == ["run_started", "step_started", "step_completed", "step_started"]
+    steps = await steps_by_id(store, "r1")
+    assert (steps["a"].status, steps["a"].output, steps["a"].attempts) == (
+        StepStatus.COMPLETED,
+        "out",
+        1,
+    )
+    assert (steps["c"].status, steps["c"].attempts) == (StepStatus.RUNNING, 1)
+    # The eager claim the receipt returned is the one the database holds: it can complete.
+    assert await store.complete_step(settled.claims[0], StepResult("c"), 3.0)
+
+
+async def test_a_launch_whose_commit_ack_is_lost_makes_one_run(
+    proxy: Proxy, open_store: OpenStore, admin: asyncpg.Connection[Any]
+) -> None:
+    store = await open_store(proxy.url)
+    proxy.drop_commit_ack()
+    assert await store.create_run(diamond(), 1.0) == ("r1", True)
+    assert proxy.fired == 1
+    assert await admin.fetchval("SELECT count(*) FROM runs") == 1
+    assert await admin.fetchval("SELECT count(*) FROM steps") == 4
+    assert await event_names(store) == ["run_started"]
+    assert (await store.get_run("r1")).unsettled == 4
+
+
+# Several processes
+
+
+def wide(run_id: str, width: int) -> NewRun:
+    steps = [NewStep(f"s{i}", "code", False, i, 0) for i in range(width)]
+    return NewRun(run_id, "wide", None, "m", {}, "{}", "h", steps)
+
+
+async def test_stores_claiming_at_once_take_each_step_once(open_store: OpenStore) -> None:
+    """Three processes claim and complete as fast as they can, on 20 runs of 10 steps."""
+    stores = [await open_store() for _ in range(3)]
+    runs = [f"r{i}" for i in range(20)]
+    await asyncio.gather(*(stores[i % 3].create_run(wide(r, 10), 1.0) for i, r in enumerate(runs)))
+    taken: list[Claim] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 8
+
+    async def work(store: PostgresStore, worker: str) -> None:
+        while len(taken) < 200:
+            assert loop.time() < deadline, f"{len(taken)} claims in 8 s"
+            claims = await store.claim(worker, 1.0, 30, Capacity(agents=0, others=4), 3)
+            taken.extend(claims)
+            for claim in claims:
+                assert await store.complete_step(claim, StepResult(worker), 2.0)
+            if not claims:
+                await asyncio.sleep(0.002)
+
+    await asyncio.gather(*(work(store, f"w{i}") for i, store in enumerate(stores)))
+    counts = Counter((claim.run_id, claim.step_id) for claim in taken)
+    assert set(counts.values()) == {1}
+    assert set(counts) == {(r, f"s{i}") for r in runs for i in range(10)}
+    assert {claim.attempt for claim in taken} == {1}
+    by_step = {(claim.run_id, claim.step_id): claim.worker for claim in taken}
+    for run_id in runs:
+        for step in await stores[0].get_steps(run_id):
+            assert (step.status, step.attempts) == (StepStatus.COMPLETED, 1)
+            assert step.output == by_step[(run_id, step.id)]  # completed by who claimed it
+        assert (await event_names(stores[0], run_id)).count("step_started") == 10
+    assert [await claim_ids(store, 3.0) for store in stores] == [[], [], []]
+
+
+# Wake-ups
+
+
+async def hear(heard: asyncio.Queue[str], expected: str, timeout: float = 5.0) -> list[str]:
+    """Wait until ``expected`` is heard; returns what was heard before it."""
+    before = []
+    while (got := await asyncio.wait_for(heard.get(), timeout)) != expected:
+        before.append(got)
+    return before
+
+
+async def test_notifications_outlive_their_connection(
+    proxy: Proxy, open_store: OpenStore, admin: asyncpg.Connection[Any]
+) -> None:
+    listener = await open_store(proxy.url)  # behind the proxy: its backends can be named
+    writer = await open_store()
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    listener.subscribe(heard.put_nowait)
+    await hear(heard, "")  # listening
+
+    first = unique()
+    await writer.create_run(diamond(first), 1.0)
+    assert "" not in await hear(heard, first)
+    a = await claim_one(writer, "a")
+    assert "" not in await hear(heard, first)
+    await writer.complete_step(a, StepResult("x"), 2.0)
+    assert "" not in await hear(heard, first)
+
+    (old,) = await backends(admin, proxy, "query LIKE 'LISTEN%'")
+    assert old["application_name"] == "flowrunner"
+    assert await admin.fetchval("SELECT pg_terminate_backend($1)", old["pid"])
+    assert first not in await hear(heard, "")  # reconnected: something may have been missed
+
+    async def listening_again() -> bool:
+        return bool(await backends(admin, proxy, "query LIKE 'LISTEN%'"))
+
+    assert await eventually(listening_again)
+    (new,) = await backends(admin, proxy, "query LIKE 'LISTEN%'")
+    assert new["pid"] != old["pid"]
+    second = unique()
+    await writer.create_run(diamond(second), 3.0)
+    assert "" not in await hear(heard, second)
+    b = await claim_one(writer, "b", now=3.0)
+    await writer.complete_step(b, StepResult("x"), 4.0)
+    assert "" not in await hear(heard, second)
+
+
+# Lost connections
+
+
+async def test_a_terminated_idle_connection_is_replaced(
+    proxy: Proxy, open_store: OpenStore, admin: asyncpg.Connection[Any]
+) -> None:
+    store = await open_store(proxy.url, pool_size=1)
+    await store.create_run(diamond(), 1.0)
+    old = {row["pid"] for row in await backends(admin, proxy)}
+    ports = set(proxy.upstream_ports())
+    assert len(old) == len(ports) == 1
+    for pid in old:
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+
+    async def closed() -> bool:
+        return not ports & set(proxy.upstream_ports())
+
+    assert await eventually(closed)
+    await asyncio.sleep(0.1)  # the store's side has read the end of its connection
+    # (see test_a_query_racing_a_terminated_backend_is_retried for a call that does not wait)
+    assert (await store.get_run("r1")).status is RunStatus.RUNNING
+    assert await claim_ids(store) == ["a"]
+    new = {row["pid"] for row in await backends(admin, proxy)}
+    assert new and not new & old
+
+
+async def test_a_write_whose_connection_is_terminated_midway_is_retried(
+    proxy: Proxy, open_store: OpenStore, admin: asyncpg.Connection[Any], url: str
+) -> None:
+    """The backend is ended while the write waits on the run's row (the test holds it):
+    the write is retried on a new connection and recorded once."""
+    store = await open_store(proxy.url, pool_size=1)
+    await store.create_run(diamond(), 1.0)
+    a = await claim_one(store, "a")
+    watcher = await asyncpg.connect(url)
+    try:
+        async with admin.transaction():
+            await admin.execute("SELECT 1 FROM runs WHERE id = 'r1' FOR UPDATE")
+            task = asyncio.create_task(store.complete_step(a, StepResult("out"), 2.0))
+            blocked: list[asyncpg.Record] = []
+
+            async def waiting_on_the_run() -> bool:
+                blocked[:] = await backends(watcher, proxy, "wait_event_type = 'Lock'")
+                return bool(blocked)
+
+            assert await eventually(waiting_on_the_run)
+            (victim,) = blocked
+            assert await watcher.fetchval("SELECT pg_terminate_backend($1)", victim["pid"])
+
+            async def gone() -> bool:
+                found = await watcher.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", victim["pid"]
+                )
+                return bool(found == 0)
+
+            assert await eventually(gone)
+            assert not task.done()  # the retry waits for the lock the test still holds
+        settled = await asyncio.wait_for(task, 5)
+    finally:
+        await watcher.close()
+    assert settled is not None and settled.unsettled == 3
+    names = await event_names(store)
+    assert names == ["run_started", "step_started", "step_completed"]
+    assert (await steps_by_id(store, "r1"))["a"].status is StepStatus.COMPLETED
+
+
+async def test_a_query_racing_a_terminated_backend_is_retried(
+    proxy: Proxy, open_store: OpenStore, admin: asyncpg.Connection[Any]
+) -> None:
+    """A backend's FATAL goodbye can reach asyncpg before the end of its connection does;
+    a call made in between meets asyncpg's InternalClientError ('cannot switch to state
+    11; another operation (2) is in progress'): it must be retried like a lost connection,
+    and never leave the store raw. The proxy widens the window to make it certain."""
+    store = await open_store(proxy.url, pool_size=1)
+    await store.create_run(diamond(), 1.0)
+    (backend,) = await backends(admin, proxy)
+    proxy.close_delay = 1.0
+    closes = proxy.server_closes
+    assert await admin.fetchval("SELECT pg_terminate_backend($1)", backend["pid"])
+
+    async def server_closed() -> bool:
+        return proxy.server_closes > closes
+
+    assert await eventually(server_closed)
+    await asyncio.sleep(0.05)  # the goodbye has been read; the end comes 1 s later
+    assert (await store.get_run("r1")).status is RunStatus.RUNNING
+
+
+# Faults found by these tests, now fixed: a lost COMMIT still in progress, a silent connection.
+
+
+async def test_a_commit_still_in_progress_when_its_connection_drops_is_recognised(
+    proxy: Proxy, open_store: OpenStore, url: str
+) -> None:
+    store = await open_store(proxy.url)
+    await store.create_run(diamond(), 1.0)
+    a = await claim_one(store, "a")
+    watcher = await asyncpg.connect(url)
+    try:
+        proxy.hold_commit()
+        task = asyncio.create_task(store.complete_step(a, StepResult("out"), 2.0))
+        await asyncio.wait_for(proxy.holding.wait(), 5)
+        assert proxy.fired == 1  # the client's connection is gone; its transaction is not
+
+        async def retry_waits() -> bool:
+            return bool(await backends(watcher, proxy, "wait_event_type = 'Lock'"))
+
+        await eventually(retry_waits, 2.0)  # a retry that waits some other way gets 2 s
+        await proxy.deliver()  # the old transaction commits now
+        settled = await asyncio.wait_for(task, 5)
+    finally:
+        await watcher.close()
+    names = await event_names(store)
+    assert settled is not None, names
+    assert names == ["run_started", "step_started", "step_completed"]
+
+
+async def test_a_silently_dead_connection_does_not_hang_a_call(
+    proxy: Proxy, open_store: OpenStore
+) -> None:
+    options = {"statement_timeout": 0.5, "retry_seconds": 1.0, "connect_timeout": 0.5}
+    store = await open_store(proxy.url, pool_size=1, **options)
+    await store.create_run(diamond(), 1.0)
+    proxy.stall()
+    call = asyncio.create_task(store.get_run("r1"))
+    try:
+        done, _ = await asyncio.wait({call}, timeout=3)
+    finally:
+        await proxy.close()  # the silent connection ends now: the call fails or finishes
+        with contextlib.suppress(StoreError):
+            await call
+    assert done, "get_run still waits, 3 s after its connection went silent"
+    assert call.result().status is RunStatus.RUNNING
