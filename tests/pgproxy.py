@@ -24,10 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
 COMMIT_ACK = b"C\x00\x00\x00\x0bCOMMIT\x00"
+SELECT_ACK = re.compile(rb"C\x00\x00\x00.SELECT \d+\x00", re.DOTALL)
+"""The CommandComplete of a SELECT: the end of a statement (one that commits on its own
+outside a transaction block, like the store's settle_step)."""
 """CommandComplete for COMMIT, as the server sends it."""
 
 COMMIT_QUERY = b"Q\x00\x00\x00\x0cCOMMIT;\x00"
@@ -73,6 +77,7 @@ class Proxy:
         self.links: set[Link] = set()
         self._server: asyncio.Server | None = None
         self._drop_ack = False
+        self._drop_select = False
         self._hold_commit = False
         self.holding: asyncio.Event = asyncio.Event()
         self._held: Link | None = None
@@ -115,6 +120,11 @@ class Proxy:
     def drop_commit_ack(self) -> None:
         """Swallow the next COMMIT acknowledgement and close both sockets."""
         self._drop_ack = True
+
+    def drop_statement_ack(self) -> None:
+        """Swallow the next reply that completes a SELECT statement and close both sockets:
+        a statement that commits on its own whose acknowledgement is lost."""
+        self._drop_select = True
 
     def hold_commit(self) -> None:
         """Hold the next COMMIT back and close the client's socket (see :meth:`deliver`)."""
@@ -176,6 +186,10 @@ class Proxy:
                     return
                 if not upstream and self._drop_ack and COMMIT_ACK in data:
                     self._drop_ack = False
+                    self.fired += 1
+                    break
+                if not upstream and self._drop_select and SELECT_ACK.search(data):
+                    self._drop_select = False
                     self.fired += 1
                     break
                 if link.stalled:

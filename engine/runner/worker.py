@@ -187,6 +187,8 @@ class Worker:
         return bool(claims)
 
     def _start(self, claim: Claim) -> None:
+        if _key(claim) in self.active:  # a claim the store handed back again (adopted)
+            return
         task = asyncio.create_task(self._execute(claim))
         self.active[_key(claim)] = (claim, task)
 

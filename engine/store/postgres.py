@@ -24,7 +24,7 @@ import logging
 import time
 import uuid
 import zlib
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypeVar
 
@@ -61,6 +61,9 @@ EventRow = tuple[str | None, str, Mapping[str, Any]]
 
 CHANNEL = "flowrunner"
 """The NOTIFY channel; each notification's payload is the id of a run that changed."""
+
+ANNOUNCE_SECONDS = 0.01
+"""How long changed runs are collected before they are announced with one NOTIFY."""
 
 MIGRATION_LOCK = zlib.crc32(b"flowrunner.migrations")
 """The advisory lock that lets one process at a time apply migrations."""
@@ -160,8 +163,6 @@ class _Tx:
     now: float
     token: str
     events: dict[str, list[EventRow]] = field(default_factory=dict)
-    receipted: bool = False
-    """A statement of the body already left the receipt and notified (settle_step)."""
 
     def event(
         self, run_id: str, step_id: str | None, event: str, payload: Mapping[str, Any]
@@ -173,10 +174,6 @@ class _Tx:
         changed nothing needs none of it (running it again is harmless)."""
         if not self.events:
             return
-        if self.receipted:
-            for run_id, rows in self.events.items():
-                await self.conn.execute(Q["append_events"], run_id, *_columns(rows), self.now)
-            return
         *others, last = self.events.items()
         for run_id, rows in others:
             await self.conn.execute(Q["append_events"], run_id, *_columns(rows), self.now)
@@ -185,13 +182,26 @@ class _Tx:
             self.token,
             _json(result),
             time.time(),
-            CHANNEL,
-            list(self.events),
             last[0],
             *_columns(last[1]),
             self.now,
             _lock_key(self.token),
         )
+
+
+async def _read_receipt(conn: Conn, token: str) -> str | None:
+    """The receipt of a write whose outcome is unknown, once that write has ended (its
+    transaction holds the receipt's lock until it commits or aborts)."""
+    await conn.execute(Q["receipt_lock"], _lock_key(token))
+    try:
+        found: str | None = await conn.fetchval(Q["receipt"], token)
+        return found
+    finally:
+        await conn.execute(Q["receipt_unlock"], _lock_key(token))
+
+
+def _reached_excluded(row: asyncpg.Record) -> bool:
+    return bool(row["excluded"] and row["waiting_on"] == 0 and row["status"] == "pending")
 
 
 def _lock_key(token: str) -> int:
@@ -245,6 +255,9 @@ class PostgresStore(Store):
         self._listener: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
         self._pruned_at = 0.0
+        self._changed: set[str] = set()
+        self._announcing = asyncio.Event()
+        self._announcer: asyncio.Task[None] | None = None
 
     # Connections
 
@@ -277,6 +290,12 @@ class PostgresStore(Store):
             raise StoreError(f"cannot open the PostgreSQL store: {_describe(exc)}") from exc
 
     async def close(self) -> None:
+        if self._announcer is not None:
+            self._announcer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._announcer
+            self._announcer = None
+            await self._send_announcements()  # what was still to say
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -360,15 +379,12 @@ class PostgresStore(Store):
         token = uuid.uuid4().hex
         at = time.time() if now is None else now
         uncertain = False
+        changed: list[str] = []
 
         async def attempt(conn: Conn) -> T:
-            nonlocal uncertain
-            if uncertain:  # wait for the lost write to end, then read its receipt
-                await conn.execute(Q["receipt_lock"], _lock_key(token))
-                try:
-                    found = await conn.fetchval(Q["receipt"], token)
-                finally:
-                    await conn.execute(Q["receipt_unlock"], _lock_key(token))
+            nonlocal uncertain, changed
+            if uncertain:
+                found = await _read_receipt(conn, token)
                 if found is not None:
                     log.info("PostgreSQL: %s had committed; its receipt says so", what)
                     result: T = await receipt.decode(json.loads(found))
@@ -391,9 +407,11 @@ class PostgresStore(Store):
             except TRANSIENT:
                 uncertain = True
                 raise
+            changed = list(tx.events)
             return result
 
         result = await self._retrying(attempt, what)
+        self._announce(changed)
         if at - self._pruned_at > RECEIPT_SECONDS / 10:
             self._pruned_at = at
             await self._fetch("prune_receipts", time.time() - RECEIPT_SECONDS)
@@ -407,6 +425,31 @@ class PostgresStore(Store):
         self._subscribers.append(callback)
         if self._listener is None:
             self._listener = asyncio.create_task(self._listen())
+
+    def _announce(self, run_ids: Iterable[str]) -> None:
+        """Tell every process (NOTIFY) that these runs changed, soon and batched: a NOTIFY in
+        the write itself would serialize all commits on the database's notify lock."""
+        self._changed.update(run_ids)
+        if not self._changed:
+            return
+        self._announcing.set()
+        if self._announcer is None:
+            self._announcer = asyncio.create_task(self._announce_loop())
+
+    async def _announce_loop(self) -> None:
+        while True:
+            await self._announcing.wait()
+            self._announcing.clear()
+            await asyncio.sleep(ANNOUNCE_SECONDS)  # let a burst of writes share one NOTIFY
+            await self._send_announcements()
+
+    async def _send_announcements(self) -> None:
+        changed, self._changed = sorted(self._changed), set()
+        if changed and self._pool is not None:
+            try:
+                await self._fetch("announce", CHANNEL, changed)
+            except StoreError as exc:  # the others' poll will notice
+                log.warning("PostgreSQL: could not notify %d runs: %s", len(changed), exc)
 
     def _notify(self, run_id: str) -> None:
         for callback in self._subscribers:
@@ -555,8 +598,11 @@ class PostgresStore(Store):
     ) -> list[Claim]:
         if capacity.agents <= 0 and capacity.others <= 0:
             return []
-        if not (await self._fetch("claim_probe", now, run_id))[0][0]:
-            return []
+        (probe,) = await self._fetch("claim_probe", now, run_id)
+        if not probe["expired"]:
+            if not probe["ready"]:
+                return []
+            return await self._claim_ready(worker, now, lease, capacity, run_id)
         limit = capacity.agents + capacity.others
 
         async def body(tx: _Tx) -> list[Claim]:
@@ -584,6 +630,40 @@ class PostgresStore(Store):
 
         receipt = _Receipt(lambda claims: [_claim_json(c) for c in claims], decode)
         return await self._write("claim", body, receipt, now)
+
+    async def _claim_ready(
+        self, worker: str, now: float, lease: float, capacity: Capacity, run_id: str | None
+    ) -> list[Claim]:
+        """The common claim (no lease to take over): one statement, committed on its own, so
+        no run stays locked across a round trip to this process."""
+        token = uuid.uuid4().hex
+        sent = False
+
+        async def attempt(conn: Conn) -> list[Claim]:
+            nonlocal sent
+            if sent and await _read_receipt(conn, token) is not None:
+                rows = await conn.fetch(Q["leased_by"], worker)  # adopt what it claimed
+            else:
+                sent = True
+                rows = await conn.fetch(
+                    Q["claim_ready"],
+                    now,
+                    run_id,
+                    max(capacity.agents, 0),
+                    max(capacity.others, 0),
+                    worker,
+                    now + lease,
+                    token,
+                    _lock_key(token),
+                )
+            return [
+                Claim(r["run_id"], r["step_id"], r["kind"], r["attempts"], r["failures"], worker)
+                for r in rows
+            ]
+
+        claims = await self._retrying(attempt, "claim")
+        self._announce(claim.run_id for claim in claims)
+        return claims
 
     async def lease_owners(self) -> list[str]:
         return [row[0] for row in await self._fetch("lease_owners")]
@@ -645,40 +725,56 @@ class PostgresStore(Store):
         eager: Eager | None,
     ) -> Settled | None:
         """Complete or skip a claimed step (``values``: status, output, fields, data, input,
-        scripted) and settle it: one statement, unless band-excluded steps are reached."""
+        scripted) and settle it in one statement, committed on its own: the run's lock is
+        held for that statement only, never across a round trip to this process. Steps
+        excluded by the band that it reaches are settled right after (see
+        :meth:`_reach_excluded`)."""
         worker = eager.worker if eager is not None else None
         expires = now + eager.lease if eager is not None else None
-        others = eager.others if eager is not None else 0
+        others = max(eager.others, 0) if eager is not None else 0
+        token = uuid.uuid4().hex
+        sent = False
 
-        async def body(tx: _Tx) -> Settled | None:
-            rows = await tx.conn.fetch(
-                Q["settle_step"],
-                *_fence(claim),
-                *values,
-                now,
-                worker,
-                expires,
-                max(others, 0),
-                event,
-                _json(dict(payload)),
-                tx.token,
-                CHANNEL,
-                _lock_key(tx.token),
+        async def attempt(conn: Conn) -> list[asyncpg.Record] | Settled | None:
+            nonlocal sent
+            if sent:  # the statement may have committed before the connection was lost
+                found = await _read_receipt(conn, token)
+                if found is not None:
+                    log.info("PostgreSQL: %s had committed; its receipt says so", event)
+                    return await self._adopt(claim.run_id, worker)
+            sent = True
+            args = (now, worker, expires, others, event, _json(dict(payload)), token)
+            return await conn.fetch(
+                Q["settle_step"], *_fence(claim), *values, *args, _lock_key(token)
             )
-            if not rows:
-                _refuse_stale(tx, claim)
-                return None
-            tx.receipted = True
-            taken = sorted((row for row in rows if row["taken"]), key=_position)
-            unsettled = await _settled(tx, claim.run_id, rows)
-            return Settled(unsettled, _claims(claim.run_id, taken, worker) if worker else ())
 
-        async def recover(value: Any) -> Settled | None:
-            if value != "adopt":
-                return await _settled_of(value)
-            return await self._adopt(claim.run_id, worker)
+        outcome = await self._retrying(attempt, event)
+        if not isinstance(outcome, list):
+            return outcome
+        if not outcome:
+            stale = {"worker": claim.worker, "attempt": claim.attempt}
+            await self.append_event(claim.run_id, claim.step_id, "stale_result_refused", stale, now)
+            return None
+        self._announce([claim.run_id])
+        taken = sorted((row for row in outcome if row["taken"]), key=_position)
+        claims = _claims(claim.run_id, taken, worker) if worker else ()
+        unsettled: int = outcome[0]["unsettled"]
+        if any(_reached_excluded(row) for row in outcome):
+            unsettled = await self._reach_excluded(claim.run_id, now)
+        return Settled(unsettled, claims)
 
-        return await self._write(event, body, _Receipt(_settled_json, recover), now)
+    async def _reach_excluded(self, run_id: str, now: float) -> int:
+        """Settle the band-excluded steps of a run whose needs have all settled (and what that
+        reaches); the run's unsettled count. Run right after a settlement that reached one,
+        and by every worker's sweep (:meth:`runs_to_finish`) should a crash come between."""
+
+        async def body(tx: _Tx) -> int:
+            await tx.conn.execute(Q["lock_run"], run_id)
+            await _reach_excluded(tx, run_id)
+            unsettled: int = await tx.conn.fetchval(Q["unsettled"], run_id)
+            return unsettled
+
+        return await self._write("reach_excluded", body, now=now)
 
     async def _adopt(self, run_id: str, worker: str | None) -> Settled:
         """What a settlement whose acknowledgement was lost returned: the run's unsettled
@@ -826,6 +922,8 @@ class PostgresStore(Store):
         return await self._write("finish_run", body, now=now)
 
     async def runs_to_finish(self) -> list[str]:
+        for row in await self._fetch("stranded_excluded"):
+            await self._reach_excluded(row["run_id"], time.time())
         return [row["id"] for row in await self._fetch("runs_to_finish")]
 
     async def has_work(self, now: float, run_id: str | None = None) -> bool:
@@ -927,21 +1025,6 @@ def _setter(event: asyncio.Event) -> Callable[[Any], None]:
 async def _keep(conn: Conn) -> None:
     """Nothing to reset when a connection goes back to the pool: the store leaves no session
     state behind (asyncpg's default reset costs a round trip per transaction)."""
-
-
-def _settled_json(settled: Settled | None) -> Any:
-    if settled is None:
-        return None
-    return {"unsettled": settled.unsettled, "claims": [_claim_json(c) for c in settled.claims]}
-
-
-async def _settled_of(value: Any) -> Settled | None:
-    if value is None:
-        return None
-    return Settled(value["unsettled"], tuple(_claim_of(row) for row in value["claims"]))
-
-
-SETTLED = _Receipt(_settled_json, _settled_of)
 
 
 def _changed(status: str) -> bool:

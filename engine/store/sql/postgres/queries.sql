@@ -1,3 +1,6 @@
+-- Wake-ups (NOTIFY) are sent after the writes commit, batched (PostgresStore._announce):
+-- a NOTIFY inside a write would serialize every commit on the database's notify lock.
+--
 -- Every write transaction on a run locks the run's row first (lock_run), then the
 -- steps it touches: one lock order, so writers of one run queue up instead of
 -- deadlocking, and event ids stay gapless and ordered. Claims never wait: they
@@ -80,23 +83,25 @@ FROM counter, unnest($2::text[], $3::text[], $4::text[]) WITH ORDINALITY
      AS e(step_id, event, payload, n);
 
 -- name: finish_write
--- The last run's events ($6..$9, as append_events), the commit receipt and the
--- wake-ups of every changed run, in one round trip before COMMIT. The write holds
--- the receipt's advisory lock ($11) until it ends: see receipt_lock.
+-- The last run's events ($4..$7, as append_events) and the commit receipt, in one round
+-- trip before COMMIT. The write holds the receipt's advisory lock ($9) until it ends:
+-- see receipt_lock.
 WITH counter AS (
-    UPDATE runs SET last_event = last_event + cardinality($8::text[]), updated_at = $10
-    WHERE id = $6 RETURNING last_event
+    UPDATE runs SET last_event = last_event + cardinality($6::text[]), updated_at = $8
+    WHERE id = $4 RETURNING last_event
 ), appended AS (
     INSERT INTO events (run_id, id, step_id, event, payload, at)
-    SELECT $6, counter.last_event - cardinality($8::text[]) + e.n, e.step_id, e.event,
-           e.payload, $10
-    FROM counter, unnest($7::text[], $8::text[], $9::text[]) WITH ORDINALITY
+    SELECT $4, counter.last_event - cardinality($6::text[]) + e.n, e.step_id, e.event,
+           e.payload, $8
+    FROM counter, unnest($5::text[], $6::text[], $7::text[]) WITH ORDINALITY
          AS e(step_id, event, payload, n)
 ), receipt AS (
     INSERT INTO commits (token, result, at) VALUES ($1, $2, $3)
 )
-SELECT count(pg_notify($4, run_id)), pg_advisory_xact_lock($11)
-FROM unnest($5::text[]) AS changed(run_id);
+SELECT pg_advisory_xact_lock($9);
+
+-- name: announce
+SELECT count(pg_notify($1, run_id)) FROM unnest($2::text[]) AS changed(run_id);
 
 -- name: receipt_lock
 -- Wait until the write that holds this receipt's lock has ended (committed or not),
@@ -117,16 +122,84 @@ SELECT run_id, id, step_id, event, payload, at FROM events
 WHERE run_id = $1 AND id > $2 ORDER BY id LIMIT $3;
 
 -- name: claim_probe
--- Whether a claim could take anything: one round trip, no transaction, no locks.
+-- What a claim could take: ready steps, steps whose lease expired. One round trip, no
+-- transaction, no locks.
 SELECT EXISTS (
     SELECT 1 FROM steps s JOIN runs r ON r.id = s.run_id
     WHERE s.status = 'pending' AND s.waiting_on = 0 AND s.ready_at <= $1
       AND r.status = 'running' AND NOT s.excluded AND ($2::text IS NULL OR s.run_id = $2)
-) OR EXISTS (
+) AS ready, EXISTS (
     SELECT 1 FROM steps s JOIN runs r ON r.id = s.run_id
     WHERE s.status = 'running' AND s.lease_expires < $1
       AND r.status = 'running' AND ($2::text IS NULL OR s.run_id = $2)
-);
+) AS expired;
+
+-- name: claim_ready
+-- Lease ready steps in one statement that commits on its own (never waiting: steps and
+-- runs another transaction holds are skipped), within the capacity of agent steps ($3)
+-- and of the others ($4), and each run's max_parallel (counted as of the statement's
+-- start: concurrent claims may overshoot it by their own takes); append the
+-- step_started events, leave the receipt ($7) and hold its lock ($8).
+WITH candidate AS (
+    SELECT s.run_id, s.step_id, s.agent, s.ready_at, s.position
+    FROM steps s JOIN runs r ON r.id = s.run_id
+    WHERE s.status = 'pending' AND s.waiting_on = 0 AND s.ready_at <= $1 AND NOT s.excluded
+      AND r.status = 'running' AND ($2::text IS NULL OR s.run_id = $2)
+      AND CASE WHEN s.agent THEN $3 > 0 ELSE $4 > 0 END
+    ORDER BY s.ready_at
+    LIMIT $3 + $4
+    FOR UPDATE OF s SKIP LOCKED
+), locked AS (
+    SELECT id, max_parallel FROM runs
+    WHERE id IN (SELECT run_id FROM candidate) AND status = 'running'
+    FOR UPDATE SKIP LOCKED
+), busy AS (
+    SELECT run_id, count(*) AS n FROM steps
+    WHERE run_id IN (SELECT id FROM locked) AND status = 'running' AND agent
+    GROUP BY run_id
+), ranked AS (
+    SELECT c.run_id, c.step_id, c.agent, l.max_parallel, coalesce(b.n, 0) AS busy,
+           row_number() OVER (PARTITION BY c.agent ORDER BY c.ready_at, c.position) AS nth,
+           row_number() OVER (PARTITION BY c.run_id, c.agent ORDER BY c.ready_at, c.position)
+               AS nth_in_run
+    FROM candidate c JOIN locked l ON l.id = c.run_id LEFT JOIN busy b ON b.run_id = c.run_id
+), chosen AS (
+    SELECT run_id, step_id FROM ranked
+    WHERE CASE WHEN agent
+               THEN nth <= $3 AND (max_parallel IS NULL OR busy + nth_in_run <= max_parallel)
+               ELSE nth <= $4 END
+), taken AS (
+    UPDATE steps
+    SET status = 'running', attempts = steps.attempts + 1, lease_owner = $5,
+        lease_expires = $6, started_at = coalesce(steps.started_at, $1)
+    FROM chosen
+    WHERE steps.run_id = chosen.run_id AND steps.step_id = chosen.step_id
+    RETURNING steps.run_id, steps.step_id, steps.kind, steps.attempts, steps.failures,
+              steps.position
+), counted AS (
+    SELECT run_id, count(*) AS n FROM taken GROUP BY run_id
+), counter AS (
+    UPDATE runs SET last_event = last_event + counted.n, updated_at = $1
+    FROM counted WHERE runs.id = counted.run_id
+    RETURNING runs.id, runs.last_event, counted.n
+), logged AS (
+    INSERT INTO events (run_id, id, step_id, event, payload, at)
+    SELECT t.run_id,
+           counter.last_event - counter.n
+               + row_number() OVER (PARTITION BY t.run_id ORDER BY t.position),
+           t.step_id, 'step_started',
+           json_build_object('attempt', t.attempts, 'worker', $5)::text, $1
+    FROM taken t JOIN counter ON counter.id = t.run_id
+), receipt AS (
+    INSERT INTO commits (token, result, at)
+    SELECT $7, '"claimed"', $1 WHERE EXISTS (SELECT 1 FROM taken)
+)
+SELECT t.run_id, t.step_id, t.kind, t.attempts, t.failures, pg_advisory_xact_lock($8) AS held
+FROM taken t ORDER BY t.run_id, t.position;
+
+-- name: leased_by
+SELECT run_id, step_id, kind, attempts, failures FROM steps
+WHERE status = 'running' AND lease_owner = $1 ORDER BY run_id, position;
 
 -- name: claimable_ready
 SELECT s.run_id, s.step_id, s.kind, s.agent, s.status, s.attempts, s.failures, s.crashes,
@@ -201,9 +274,12 @@ WHERE s.status = 'running' AND s.lease_owner = $4;
 -- (to $12, until $13) up to $14 code steps and gates it makes ready; count the
 -- step off the run; append its event ($15, $16) and the step_started events; leave
 -- the receipt ($17, its result "adopt": see PostgresStore._adopt) and hold its lock
--- ($19, see receipt_lock); notify.
+-- ($18, see receipt_lock).
 -- No row when the fence does not hold; else one row per dependent (or one row of
--- NULLs), each with the run's unsettled count.
+-- NULLs), each with the run's unsettled count. A statement that waited for the run's
+-- lock reads the steps as they were when it began: only `candidate` (which code steps
+-- to take at once) can be stale, and only in the safe direction (a step is taken only
+-- if its last need is this one); the UPDATEs act on the latest rows.
 WITH done AS (
     UPDATE steps
     SET status = $5, output = $6, fields = $7, data = $8, input = coalesce($9, input),
@@ -213,11 +289,16 @@ WITH done AS (
       AND status = 'running' AND lease_owner = $3 AND attempts = $4
     RETURNING dependents
 ), candidate AS (
+    -- Each dependent by its primary key (a run-wide scan would make a step cost O(run)).
     SELECT s.step_id, s.position,
            (s.waiting_on = 1 AND s.status = 'pending' AND NOT s.agent AND NOT s.excluded
             AND s.ready_at <= $11) AS ready_code
-    FROM steps s, done
-    WHERE s.run_id = $1 AND s.step_id = ANY(done.dependents)
+    FROM done CROSS JOIN LATERAL unnest(done.dependents) AS d(step_id)
+    CROSS JOIN LATERAL (
+        SELECT step_id, position, waiting_on, status, agent, excluded, ready_at
+        FROM steps WHERE run_id = $1 AND step_id = d.step_id
+        LIMIT 1  -- keeps the lookup per dependent (not flattened into a run-wide join)
+    ) AS s
 ), chosen AS (
     SELECT step_id FROM candidate WHERE ready_code ORDER BY position LIMIT $14
 ), dependent AS (
@@ -252,8 +333,7 @@ WITH done AS (
 ), receipt AS (
     INSERT INTO commits (token, result, at) SELECT $17, '"adopt"', $11 FROM run
 )
-SELECT run.unsettled, pg_notify($18, $1) AS notified, pg_advisory_xact_lock($19) AS held,
-       dependent.*
+SELECT run.unsettled, pg_advisory_xact_lock($18) AS held, dependent.*
 FROM run LEFT JOIN dependent ON true;
 
 -- name: leased_to
@@ -356,6 +436,13 @@ SET status = 'pending', waiting_on = r.waiting_on, failures = 0, crashes = 0, re
     fields = NULL, data = NULL, finished_at = NULL
 FROM unnest($2::text[], $3::int[]) AS r(step_id, waiting_on)
 WHERE steps.run_id = $1 AND steps.step_id = r.step_id;
+
+-- name: unsettled
+SELECT unsettled FROM runs WHERE id = $1;
+
+-- name: stranded_excluded
+SELECT DISTINCT s.run_id FROM steps s JOIN runs r ON r.id = s.run_id
+WHERE s.status = 'pending' AND s.waiting_on = 0 AND s.excluded AND r.status = 'running';
 
 -- name: runs_to_finish
 SELECT id FROM runs WHERE status = 'running' AND unsettled = 0 ORDER BY created_at;
