@@ -62,6 +62,11 @@ EventRow = tuple[str | None, str, Mapping[str, Any]]
 CHANNEL = "flowrunner"
 """The NOTIFY channel; each notification's payload is the id of a run that changed."""
 
+ANALYZE_STEPS = 500
+"""A launch of this many steps refreshes the planner's statistics of the steps table at
+once: planned for the table as it was, the statements that settle a step would scan the
+whole new run for each step (a run of n steps would cost O(n^2))."""
+
 ANNOUNCE_SECONDS = 0.01
 """How long changed runs are collected before they are announced with one NOTIFY."""
 
@@ -543,7 +548,10 @@ class PostgresStore(Store):
         async def decode(value: list[Any]) -> tuple[str, bool]:
             return value[0], value[1]
 
-        return await self._write("create_run", body, _Receipt(list, decode), now)
+        run_id, created = await self._write("create_run", body, _Receipt(list, decode), now)
+        if created and len(run.steps) >= ANALYZE_STEPS:
+            await self._fetch("analyze_steps")
+        return run_id, created
 
     async def get_run(self, run_id: str) -> RunRecord:
         rows = await self._fetch("get_run", run_id)

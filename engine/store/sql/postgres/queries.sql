@@ -437,6 +437,9 @@ SET status = 'pending', waiting_on = r.waiting_on, failures = 0, crashes = 0, re
 FROM unnest($2::text[], $3::int[]) AS r(step_id, waiting_on)
 WHERE steps.run_id = $1 AND steps.step_id = r.step_id;
 
+-- name: analyze_steps
+ANALYZE steps;
+
 -- name: unsettled
 SELECT unsettled FROM runs WHERE id = $1;
 
