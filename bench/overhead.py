@@ -143,6 +143,9 @@ async def main() -> None:
     parser.add_argument("--database-url", help="postgresql://... (default: a SQLite file)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--agent-runs", type=int, default=1000)
+    parser.add_argument(
+        "--max-agents", type=int, default=8, help="agent steps at once per worker process"
+    )
     args = parser.parse_args()
     url = args.database_url
     with tempfile.TemporaryDirectory() as name:
@@ -163,9 +166,12 @@ async def main() -> None:
         if url is not None:
             timings = {}
             for count in args.workers:
-                seconds, steps = await measure_workers(folder, url, args.agent_runs, count)
+                seconds, steps = await measure_workers(
+                    folder, url, args.agent_runs, count, args.max_agents
+                )
                 timings[count] = seconds
-                report(f"{args.agent_runs} agent runs, {count} worker(s)", seconds, steps)
+                label = f"{args.agent_runs} agent runs, {count}x{args.max_agents} agents"
+                report(label, seconds, steps)
             if len(timings) > 1:
                 first, last = min(timings), max(timings)
                 speedup = timings[first] / timings[last]
@@ -177,7 +183,9 @@ async def main() -> None:
             peers(args.peers, size)
 
 
-async def measure_workers(folder: Path, url: str, runs: int, count: int) -> tuple[float, int]:
+async def measure_workers(
+    folder: Path, url: str, runs: int, count: int, max_agents: int
+) -> tuple[float, int]:
     """Seconds for ``count`` worker processes to finish ``runs`` runs of the agent flow,
     launched beforehand, from the moment the first worker is ready."""
     (folder / "replies.json").write_text(json.dumps({"replies": [{"reply": "ok", "delay": 0.05}]}))
@@ -191,6 +199,7 @@ async def measure_workers(folder: Path, url: str, runs: int, count: int) -> tupl
             "FLOWRUNNER_AGENT_BACKEND": "scripted",
             "FLOWRUNNER_SCRIPTED_REPLIES": str(folder / "replies.json"),
             "FLOWRUNNER_POLL_SECONDS": "0.5",
+            "FLOWRUNNER_MAX_AGENTS": str(max_agents),
         }
         os.environ.update(env)
         project = Project.open(folder)
