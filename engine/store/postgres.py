@@ -32,7 +32,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from engine.core.decisions import GiveUp, after_lost_lease
-from engine.core.plan import RunStatus, StepStatus
+from engine.core.plan import RunStatus
 from engine.store.base import (
     AgentCall,
     Capacity,
@@ -51,6 +51,7 @@ from engine.store.base import (
     StoreError,
 )
 from engine.store.queries import load_migrations, load_queries
+from engine.store.rows import as_json, run_record, step_record
 
 log = logging.getLogger("flowrunner.store")
 
@@ -96,57 +97,6 @@ CONTENTION = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.Seria
 """Errors after which the whole transaction was rolled back and may simply run again."""
 
 
-class _AmbiguousCommit(Exception):
-    """The connection dropped while COMMIT was in flight."""
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
-def _run(row: asyncpg.Record) -> RunRecord:
-    return RunRecord(
-        id=row["id"],
-        flow=row["flow"],
-        status=RunStatus(row["status"]),
-        band=row["band"],
-        model=row["model"],
-        inputs=json.loads(row["inputs"]),
-        launched_by=row["launched_by"],
-        replay_of=row["replay_of"],
-        unsettled=row["unsettled"],
-        report=row["report"],
-        error=row["error"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        finished_at=row["finished_at"],
-        snapshot_hash=row["snapshot_hash"],
-        request_hash=row["request_hash"],
-    )
-
-
-def _step(row: asyncpg.Record) -> StepRecord:
-    return StepRecord(
-        run_id=row["run_id"],
-        id=row["step_id"],
-        kind=row["kind"],
-        position=row["position"],
-        status=StepStatus(row["status"]),
-        attempts=row["attempts"],
-        failures=row["failures"],
-        crashes=row["crashes"],
-        input=row["input"],
-        output=row["output"],
-        fields=json.loads(row["fields"]) if row["fields"] else {},
-        data=json.loads(row["data"]) if row["data"] is not None else None,
-        error=row["error"],
-        scripted=row["scripted"],
-        deadline=row["deadline"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-    )
-
-
 def _fence(claim: Claim) -> tuple[str, str, str, int]:
     return claim.run_id, claim.step_id, claim.worker, claim.attempt
 
@@ -185,7 +135,7 @@ class _Tx:
         await self.conn.fetchval(
             Q["finish_write"],
             self.token,
-            _json(result),
+            as_json(result),
             time.time(),
             last[0],
             *_columns(last[1]),
@@ -219,7 +169,7 @@ def _columns(rows: list[EventRow]) -> tuple[list[str | None], list[str], list[st
     return (
         [step_id for step_id, _, _ in rows],
         [event for _, event, _ in rows],
-        [_json(dict(payload)) for _, _, payload in rows],
+        [as_json(dict(payload)) for _, _, payload in rows],
     )
 
 
@@ -512,7 +462,7 @@ class PostgresStore(Store):
                 run.flow,
                 run.band,
                 run.model,
-                _json(dict(run.inputs)),
+                as_json(dict(run.inputs)),
                 run.snapshot,
                 run.snapshot_hash,
                 run.launched_by,
@@ -537,7 +487,7 @@ class PostgresStore(Store):
                 [step.kind for step in steps],
                 [step.agent for step in steps],
                 [step.waiting_on for step in steps],
-                [_json(list(step.dependents)) for step in steps],
+                [as_json(list(step.dependents)) for step in steps],
                 [step.excluded for step in steps],
             )
             started = {"flow": run.flow, "band": run.band, "model": run.model}
@@ -557,7 +507,7 @@ class PostgresStore(Store):
         rows = await self._fetch("get_run", run_id)
         if not rows:
             raise NotFound(f"no run '{run_id}'")
-        return _run(rows[0])
+        return run_record(rows[0])
 
     async def get_snapshot(self, run_id: str) -> str:
         rows = await self._fetch("get_snapshot", run_id)
@@ -576,15 +526,15 @@ class PostgresStore(Store):
     ) -> list[RunRecord]:
         at, last = before if before is not None else (None, None)
         rows = await self._fetch("list_runs", flow, status, waiting, at, last, limit)
-        return [_run(row) for row in rows]
+        return [run_record(row) for row in rows]
 
     async def get_steps(
         self, run_id: str, step_ids: Sequence[str] | None = None
     ) -> list[StepRecord]:
         if step_ids is None:
-            return [_step(row) for row in await self._fetch("get_steps", run_id)]
+            return [step_record(row) for row in await self._fetch("get_steps", run_id)]
         rows = await self._fetch("get_some_steps", run_id, list(dict.fromkeys(step_ids)))
-        return [_step(row) for row in rows]
+        return [step_record(row) for row in rows]
 
     async def events(self, run_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
         rows = await self._fetch("events", run_id, after, limit)
@@ -708,8 +658,8 @@ class PostgresStore(Store):
         values = (
             "completed",
             result.output,
-            _json(dict(result.fields)),
-            _json(result.data) if result.data is not None else None,
+            as_json(dict(result.fields)),
+            as_json(result.data) if result.data is not None else None,
             result.input,
             result.scripted,
         )
@@ -751,7 +701,7 @@ class PostgresStore(Store):
                     log.info("PostgreSQL: %s had committed; its receipt says so", event)
                     return await self._adopt(claim.run_id, worker)
             sent = True
-            args = (now, worker, expires, others, event, _json(dict(payload)), token)
+            args = (now, worker, expires, others, event, as_json(dict(payload)), token)
             return await conn.fetch(
                 Q["settle_step"], *_fence(claim), *values, *args, _lock_key(token)
             )
@@ -856,7 +806,7 @@ class PostgresStore(Store):
             "timed_out": decision.timed_out,
         }
         summary = {k: data[k] for k in ("approved", "by", "comment", "timed_out")}
-        args = (run_id, step_id, decision.comment, _json(data), now)
+        args = (run_id, step_id, decision.comment, as_json(data), now)
         error = "rejected" + (f": {decision.comment}" if decision.comment else "")
 
         async def body(tx: _Tx) -> None:

@@ -38,6 +38,7 @@ from engine.store.base import (
     StoreError,
 )
 from engine.store.queries import load_migrations, load_queries
+from engine.store.rows import as_json, run_record, step_record
 
 Q = load_queries("sqlite")
 T = TypeVar("T")
@@ -54,53 +55,6 @@ def _statements(script: str) -> list[str]:
             statements.append(current.strip())
             current = ""
     return [s for s in statements if s.strip(" \n;")]
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
-def _run(row: sqlite3.Row) -> RunRecord:
-    return RunRecord(
-        id=row["id"],
-        flow=row["flow"],
-        status=RunStatus(row["status"]),
-        band=row["band"],
-        model=row["model"],
-        inputs=json.loads(row["inputs"]),
-        launched_by=row["launched_by"],
-        replay_of=row["replay_of"],
-        unsettled=row["unsettled"],
-        report=row["report"],
-        error=row["error"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        finished_at=row["finished_at"],
-        snapshot_hash=row["snapshot_hash"],
-        request_hash=row["request_hash"],
-    )
-
-
-def _step(row: sqlite3.Row) -> StepRecord:
-    return StepRecord(
-        run_id=row["run_id"],
-        id=row["step_id"],
-        kind=row["kind"],
-        position=row["position"],
-        status=StepStatus(row["status"]),
-        attempts=row["attempts"],
-        failures=row["failures"],
-        crashes=row["crashes"],
-        input=row["input"],
-        output=row["output"],
-        fields=json.loads(row["fields"]) if row["fields"] else {},
-        data=json.loads(row["data"]) if row["data"] is not None else None,
-        error=row["error"],
-        scripted=bool(row["scripted"]),
-        deadline=row["deadline"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-    )
 
 
 def _call(row: sqlite3.Row) -> AgentCall:
@@ -142,7 +96,7 @@ def _events(db: Db, run_id: str, rows: Sequence[EventRow], now: float) -> None:
                 "id": first + offset,
                 "step_id": step_id,
                 "event": event,
-                "payload": _json(dict(payload)),
+                "payload": as_json(dict(payload)),
                 "at": now,
             }
             for offset, (step_id, event, payload) in enumerate(rows)
@@ -318,7 +272,7 @@ class SqliteStore(Store):
                     "flow": run.flow,
                     "band": run.band,
                     "model": run.model,
-                    "inputs": _json(dict(run.inputs)),
+                    "inputs": as_json(dict(run.inputs)),
                     "snapshot": run.snapshot,
                     "snapshot_hash": run.snapshot_hash,
                     "launched_by": run.launched_by,
@@ -341,7 +295,7 @@ class SqliteStore(Store):
                         "agent": int(step.agent),
                         "status": str(StepStatus.PENDING),
                         "waiting_on": step.waiting_on,
-                        "dependents": _json(list(step.dependents)),
+                        "dependents": as_json(list(step.dependents)),
                         "excluded": int(step.excluded),
                     }
                     for step in run.steps
@@ -358,7 +312,7 @@ class SqliteStore(Store):
         rows = await self._read("get_run", {"id": run_id})
         if not rows:
             raise NotFound(f"no run '{run_id}'")
-        return _run(rows[0])
+        return run_record(rows[0])
 
     async def get_snapshot(self, run_id: str) -> str:
         rows = await self._read("get_snapshot", {"id": run_id})
@@ -384,13 +338,13 @@ class SqliteStore(Store):
         rows = await self._call(
             lambda db: db.execute(query, {**params, "limit": limit}).fetchall(), write=False
         )
-        return [_run(row) for row in rows]
+        return [run_record(row) for row in rows]
 
     async def get_steps(
         self, run_id: str, step_ids: Sequence[str] | None = None
     ) -> list[StepRecord]:
         if step_ids is None:
-            return [_step(row) for row in await self._read("get_steps", {"run_id": run_id})]
+            return [step_record(row) for row in await self._read("get_steps", {"run_id": run_id})]
         wanted = list(dict.fromkeys(step_ids))
 
         def body(db: Db) -> list[sqlite3.Row]:
@@ -402,7 +356,7 @@ class SqliteStore(Store):
             return rows
 
         rows = await self._call(body, write=False)
-        return sorted((_step(row) for row in rows), key=lambda step: step.position)
+        return sorted((step_record(row) for row in rows), key=lambda step: step.position)
 
     async def events(self, run_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
         rows = await self._read("events", {"run_id": run_id, "after": after, "limit": limit})
@@ -479,8 +433,8 @@ class SqliteStore(Store):
         params = {
             **_fence(claim),
             "output": result.output,
-            "fields": _json(dict(result.fields)),
-            "data": _json(result.data) if result.data is not None else None,
+            "fields": as_json(dict(result.fields)),
+            "data": as_json(result.data) if result.data is not None else None,
             "input": result.input,
             "scripted": int(result.scripted),
             "now": now,
@@ -572,7 +526,7 @@ class SqliteStore(Store):
             "run_id": run_id,
             "step_id": step_id,
             "output": decision.comment,
-            "data": _json(data),
+            "data": as_json(data),
             "now": now,
         }
         error = "rejected" + (f": {decision.comment}" if decision.comment else "")
@@ -593,7 +547,7 @@ class SqliteStore(Store):
                 _events(db, run_id, [decided, (step_id, "step_failed", {"error": error})], now)
                 _end(db, run_id, RunStatus.FAILED, f"step '{step_id}' {error}", now)
             query = Q["get_some_steps"].format(ids="?")
-            return _step(db.execute(query, [run_id, step_id]).fetchone())
+            return step_record(db.execute(query, [run_id, step_id]).fetchone())
 
         return await self._call(body)
 
@@ -609,7 +563,7 @@ class SqliteStore(Store):
             if row["status"] != "running":
                 raise Conflict(f"run '{run_id}' is {row['status']}, not running")
             _end(db, run_id, RunStatus.CANCELLED, None, now)
-            return _run(db.execute(Q["get_run"], {"id": run_id}).fetchone())
+            return run_record(db.execute(Q["get_run"], {"id": run_id}).fetchone())
 
         return await self._call(body)
 
@@ -630,7 +584,7 @@ class SqliteStore(Store):
             )
             _events(db, run_id, [(None, "run_retried", {"steps": list(resets)})], now)
             _reach_excluded(db, run_id, now)
-            return _run(db.execute(Q["get_run"], {"id": run_id}).fetchone())
+            return run_record(db.execute(Q["get_run"], {"id": run_id}).fetchone())
 
         return await self._call(body)
 
