@@ -80,6 +80,8 @@ class Worker:
         self.compiled: dict[str, CompiledFlow] = {}
         self.replays: dict[str, Backend] = {}
         self.active: dict[tuple[str, str], tuple[Claim, asyncio.Task[None]]] = {}
+        self.saturated = True
+        """The last claim may have left work (it took all it had room for)."""
         self.writing: set[tuple[str, str]] = set()
         """Claims whose outcome is being written: the store's fence decides, not a heartbeat."""
         self.wake = asyncio.Event()
@@ -182,6 +184,9 @@ class Worker:
             self.settings.max_crashes,
             self.run_id,
         )
+        agents = sum(claim.kind == "agent" for claim in claims)
+        others = len(claims) - agents
+        self.saturated = agents >= capacity.agents or others >= capacity.others
         for claim in claims:
             self._start(claim)
         return bool(claims)
@@ -193,6 +198,7 @@ class Worker:
         self.active[_key(claim)] = (claim, task)
 
     async def _execute(self, claim: Claim) -> None:
+        wake = True
         try:
             state = await self._state(claim.run_id)
             await self._ensure_views(state, state.needed(claim.step_id))
@@ -207,7 +213,7 @@ class Worker:
                     outcome = await self.executor.run(state, claim, self._backend_for(state), load)
             except TimeoutError:
                 raise AttemptFailed(f"timed out after {step.timeout:g}s") from None
-            await self._record(state, claim, outcome)
+            wake = await self._record(state, claim, outcome)
         except AttemptFailed as exc:
             await self._failed(claim, exc.message, retryable=True)
         except StepFailed as exc:
@@ -222,15 +228,18 @@ class Worker:
         finally:
             self.active.pop(_key(claim), None)
             self.writing.discard(_key(claim))
-            self.wake.set()
+            if wake or self.saturated:  # else nothing new to claim: no need to look
+                self.wake.set()
             self.publish({"run_id": claim.run_id, "step_id": claim.step_id, "event": "changed"})
 
-    async def _record(self, state: RunState, claim: Claim, outcome: Done | Skip | Wait) -> None:
+    async def _record(self, state: RunState, claim: Claim, outcome: Done | Skip | Wait) -> bool:
+        """Write an attempt's outcome; whether the claim loop should look for work now (a
+        settlement that left nothing ready and did not end its run gave it none)."""
         self.writing.add(_key(claim))
         now = self.clock()
         if isinstance(outcome, Wait):
             await self.store.wait_for_gate(claim, outcome.message, outcome.deadline, now)
-            return
+            return True
         others = sum(c.kind != "agent" and c != claim for c, _ in self.active.values())
         eager = Eager(self.id, self.settings.lease_seconds, self.settings.max_code - others)
         if isinstance(outcome, Done):
@@ -240,12 +249,15 @@ class Worker:
         else:
             settled = await self.store.skip_step(claim, outcome.reason, now, eager)
             view = StepView("skipped", "", {}, None, True)
-        if settled is not None:
-            state.views[claim.step_id] = view
-            for taken in settled.claims:
-                self._start(taken)
-            if settled.unsettled == 0:
-                await self._finish_run(claim.run_id, self.clock())
+        if settled is None:
+            return True
+        state.views[claim.step_id] = view
+        for taken in settled.claims:
+            self._start(taken)
+        if settled.unsettled == 0:
+            await self._finish_run(claim.run_id, self.clock())
+            return True
+        return settled.ready_left
 
     async def _failed(self, claim: Claim, error: str, retryable: bool) -> None:
         self.writing.add(_key(claim))

@@ -120,10 +120,12 @@ class StepResult:
 @dataclass(frozen=True, slots=True)
 class Settled:
     """A step recorded as settled; ``unsettled`` steps of its run remain. ``claims`` are the
-    steps this settlement made ready that were claimed at once (see :class:`Eager`)."""
+    steps this settlement made ready that were claimed at once (see :class:`Eager`);
+    ``ready_left`` says it made others ready that are left for a claim."""
 
     unsettled: int
     claims: tuple[Claim, ...] = ()
+    ready_left: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -155,6 +155,16 @@ async def _read_receipt(conn: Conn, token: str) -> str | None:
         await conn.execute(Q["receipt_unlock"], _lock_key(token))
 
 
+def _ready(row: asyncpg.Record) -> bool:
+    """A dependent that a settlement left ready to run (or taken at once)."""
+    return bool(
+        row["step_id"] is not None
+        and not row["excluded"]
+        and row["waiting_on"] == 0
+        and row["status"] in ("pending", "running")
+    )
+
+
 def _reached_excluded(row: asyncpg.Record) -> bool:
     return bool(row["excluded"] and row["waiting_on"] == 0 and row["status"] == "pending")
 
@@ -717,9 +727,11 @@ class PostgresStore(Store):
         taken = sorted((row for row in outcome if row["taken"]), key=_position)
         claims = _claims(claim.run_id, taken, worker) if worker else ()
         unsettled: int = outcome[0]["unsettled"]
+        ready_left = any(_ready(row) and not row["taken"] for row in outcome)
         if any(_reached_excluded(row) for row in outcome):
             unsettled = await self._reach_excluded(claim.run_id, now)
-        return Settled(unsettled, claims)
+            ready_left = True  # what the excluded steps made ready is not known here
+        return Settled(unsettled, claims, ready_left)
 
     async def _reach_excluded(self, run_id: str, now: float) -> int:
         """Settle the band-excluded steps of a run whose needs have all settled (and what that
@@ -740,9 +752,9 @@ class PostgresStore(Store):
         starts those it is not running already)."""
         run = await self.get_run(run_id)
         if worker is None:
-            return Settled(run.unsettled)
+            return Settled(run.unsettled, (), True)
         rows = await self._fetch("leased_to", run_id, worker)
-        return Settled(run.unsettled, _claims(run_id, rows, worker))
+        return Settled(run.unsettled, _claims(run_id, rows, worker), True)
 
     async def fail_attempt(
         self, claim: Claim, error: str, retry_at: float | None, now: float
@@ -867,17 +879,16 @@ class PostgresStore(Store):
     async def finish_run(
         self, run_id: str, status: RunStatus, report: str | None, error: str | None, now: float
     ) -> bool:
-        async def body(tx: _Tx) -> bool:
-            await tx.conn.execute(Q["lock_run"], run_id)
-            changed = await tx.conn.execute(
-                Q["finish_run"], run_id, str(status), error, report, now
-            )
-            if not _changed(changed):
-                return False
-            tx.event(run_id, None, f"run_{status}", {"error": error} if error else {})
-            return True
+        payload = as_json({"error": error} if error else {})
 
-        return await self._write("finish_run", body, now=now)
+        async def attempt(conn: Conn) -> bool:
+            args = (run_id, str(status), error, report, now, payload)
+            return bool(await conn.fetchval(Q["finish_run"], *args))
+
+        finished = await self._retrying(attempt, "finish_run")
+        if finished:
+            self._announce([run_id])
+        return finished
 
     async def runs_to_finish(self) -> list[str]:
         for row in await self._fetch("stranded_excluded"):

@@ -139,7 +139,7 @@ def _settle(
             claim = _take(db, row, eager.worker, now, eager.lease, 1) if row else None
             if claim is not None:
                 claims.append(claim)
-    return Settled(unsettled, tuple(claims))
+    return Settled(unsettled, tuple(claims), len(claims) < len(ready))
 
 
 def _mark_excluded(db: Db, run_id: str, step_id: str, now: float) -> None:

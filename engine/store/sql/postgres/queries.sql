@@ -421,8 +421,20 @@ UPDATE runs SET status = $2, error = $3, report = NULL, finished_at = $4, update
 WHERE id = $1 AND status = 'running';
 
 -- name: finish_run
-UPDATE runs SET status = $2, error = $3, report = $4, finished_at = $5, updated_at = $5
-WHERE id = $1 AND status = 'running' AND unsettled = 0;
+-- Mark a running run whose steps have all settled as finished, with its event, in one
+-- statement that commits on its own (run again after a lost acknowledgement, it changes
+-- nothing: the run is no longer running).
+WITH finished AS (
+    UPDATE runs
+    SET status = $2, error = $3, report = $4, finished_at = $5, updated_at = $5,
+        last_event = last_event + 1
+    WHERE id = $1 AND status = 'running' AND unsettled = 0
+    RETURNING last_event
+), logged AS (
+    INSERT INTO events (run_id, id, step_id, event, payload, at)
+    SELECT $1, last_event, NULL, 'run_' || $2, $6, $5 FROM finished
+)
+SELECT count(*) FROM finished;
 
 -- name: reopen_run
 UPDATE runs SET status = 'running', error = NULL, report = NULL, finished_at = NULL,
