@@ -100,7 +100,7 @@ class Worker:
         grace: float = 10.0,
     ) -> None:
         """Work until stopped, idle (``until_idle``), or ``until()`` says so."""
-        self.store.subscribe(lambda run_id: self.wake.set())  # another process changed a run
+        self.store.subscribe(lambda run_id: self.wake.set(), work_only=True)  # work elsewhere
         heartbeat = asyncio.create_task(self._heartbeat())
         reaped_at = swept_at = 0.0
         try:

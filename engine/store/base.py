@@ -201,9 +201,12 @@ class Store(ABC):
     @abstractmethod
     async def close(self) -> None: ...
 
-    def subscribe(self, callback: Callable[[str], None]) -> None:  # noqa: B027
-        """Call ``callback(run_id)`` when another process changes a run (``""`` when changes
-        may have been missed). A store that cannot tell does nothing: callers poll."""
+    def subscribe(  # noqa: B027
+        self, callback: Callable[[str], None], *, work_only: bool = False
+    ) -> None:
+        """Call ``callback(run_id)`` when another process changes a run (with ``work_only``,
+        only when that made steps ready to claim; ``""`` when changes may have been missed).
+        A store that cannot tell does nothing: callers poll."""
 
     # Runs
 

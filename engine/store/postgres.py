@@ -61,7 +61,11 @@ Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyn
 EventRow = tuple[str | None, str, Mapping[str, Any]]
 
 CHANNEL = "flowrunner"
-"""The NOTIFY channel; each notification's payload is the id of a run that changed."""
+"""The NOTIFY channel of changes; each notification's payload is the id of a run that changed."""
+
+WORK_CHANNEL = "flowrunner_work"
+"""The NOTIFY channel of new work: a run has steps to claim that nobody took yet (workers
+listen to this one only: a change that made no work must not wake every worker)."""
 
 ANALYZE_STEPS = 500
 """A launch of this many steps refreshes the planner's statistics of the steps table at
@@ -216,11 +220,12 @@ class PostgresStore(Store):
         self.retry_seconds = retry_seconds
         self.connect_timeout = connect_timeout
         self._pool: asyncpg.Pool | None = None
-        self._subscribers: list[Callable[[str], None]] = []
+        self._subscribers: list[tuple[Callable[[str], None], bool]] = []
         self._listener: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
         self._pruned_at = 0.0
         self._changed: set[str] = set()
+        self._worked: set[str] = set()
         self._announcing = asyncio.Event()
         self._announcer: asyncio.Task[None] | None = None
 
@@ -334,6 +339,7 @@ class PostgresStore(Store):
         body: Callable[[_Tx], Awaitable[T]],
         receipt: _Receipt = PLAIN,
         now: float | None = None,
+        work: bool = False,
     ) -> T:
         """Run ``body`` as one transaction that leaves a receipt, retried as need be.
 
@@ -376,7 +382,7 @@ class PostgresStore(Store):
             return result
 
         result = await self._retrying(attempt, what)
-        self._announce(changed)
+        self._announce(changed, work)
         if at - self._pruned_at > RECEIPT_SECONDS / 10:
             self._pruned_at = at
             await self._fetch("prune_receipts", time.time() - RECEIPT_SECONDS)
@@ -384,17 +390,22 @@ class PostgresStore(Store):
 
     # Wake-ups
 
-    def subscribe(self, callback: Callable[[str], None]) -> None:
-        """Call ``callback(run_id)`` whenever any process changes a run (and with ``""``
-        after the listening connection was re-established: something may have been missed)."""
-        self._subscribers.append(callback)
+    def subscribe(self, callback: Callable[[str], None], *, work_only: bool = False) -> None:
+        """Call ``callback(run_id)`` whenever any process changes a run (with ``work_only``,
+        only when that made steps ready to claim), and with ``""`` after the listening
+        connection was re-established: something may have been missed."""
+        self._subscribers.append((callback, work_only))
         if self._listener is None:
             self._listener = asyncio.create_task(self._listen())
 
-    def _announce(self, run_ids: Iterable[str]) -> None:
-        """Tell every process (NOTIFY) that these runs changed, soon and batched: a NOTIFY in
-        the write itself would serialize all commits on the database's notify lock."""
-        self._changed.update(run_ids)
+    def _announce(self, run_ids: Iterable[str], work: bool = False) -> None:
+        """Tell every process (NOTIFY) that these runs changed (and, with ``work``, have
+        steps to claim), soon and batched: a NOTIFY in the write itself would serialize
+        all commits on the database's notify lock."""
+        changed = set(run_ids)
+        self._changed |= changed
+        if work:
+            self._worked |= changed
         if not self._changed:
             return
         self._announcing.set()
@@ -410,15 +421,19 @@ class PostgresStore(Store):
 
     async def _send_announcements(self) -> None:
         changed, self._changed = sorted(self._changed), set()
+        worked, self._worked = sorted(self._worked), set()
+        channels = [CHANNEL] * len(changed) + [WORK_CHANNEL] * len(worked)
         if changed and self._pool is not None:
             try:
-                await self._fetch("announce", CHANNEL, changed)
+                await self._fetch("announce", channels, changed + worked)
             except StoreError as exc:  # the others' poll will notice
                 log.warning("PostgreSQL: could not notify %d runs: %s", len(changed), exc)
 
-    def _notify(self, run_id: str) -> None:
-        for callback in self._subscribers:
-            callback(run_id)
+    def _notify(self, run_id: str, work: bool | None = None) -> None:
+        """Pass a notification on (``work`` None: to every subscriber)."""
+        for callback, work_only in self._subscribers:
+            if work is None or work is work_only:
+                callback(run_id)
 
     async def _listen(self) -> None:
         delay = 0.1
@@ -428,7 +443,8 @@ class PostgresStore(Store):
                 conn = await self._connect()
                 lost = asyncio.Event()
                 conn.add_termination_listener(_setter(lost))
-                await conn.add_listener(CHANNEL, lambda *args: self._notify(args[3]))
+                await conn.add_listener(CHANNEL, lambda *args: self._notify(args[3], False))
+                await conn.add_listener(WORK_CHANNEL, lambda *args: self._notify(args[3], True))
                 self._listening.set()
                 self._notify("")
                 delay = 0.1
@@ -508,7 +524,9 @@ class PostgresStore(Store):
         async def decode(value: list[Any]) -> tuple[str, bool]:
             return value[0], value[1]
 
-        run_id, created = await self._write("create_run", body, _Receipt(list, decode), now)
+        run_id, created = await self._write(
+            "create_run", body, _Receipt(list, decode), now, work=True
+        )
         if created and len(run.steps) >= ANALYZE_STEPS:
             await self._fetch("analyze_steps")
         return run_id, created
@@ -640,7 +658,7 @@ class PostgresStore(Store):
         async def body(tx: _Tx) -> None:
             await tx.conn.execute(Q["expire_leases"], owner)
 
-        await self._write("expire_leases", body, now=now)
+        await self._write("expire_leases", body, now=now, work=True)
 
     async def heartbeat(
         self, worker: str, claims: Sequence[Claim], now: float, lease: float
@@ -723,7 +741,6 @@ class PostgresStore(Store):
             stale = {"worker": claim.worker, "attempt": claim.attempt}
             await self.append_event(claim.run_id, claim.step_id, "stale_result_refused", stale, now)
             return None
-        self._announce([claim.run_id])
         taken = sorted((row for row in outcome if row["taken"]), key=_position)
         claims = _claims(claim.run_id, taken, worker) if worker else ()
         unsettled: int = outcome[0]["unsettled"]
@@ -731,6 +748,7 @@ class PostgresStore(Store):
         if any(_reached_excluded(row) for row in outcome):
             unsettled = await self._reach_excluded(claim.run_id, now)
             ready_left = True  # what the excluded steps made ready is not known here
+        self._announce([claim.run_id], work=ready_left)
         return Settled(unsettled, claims, ready_left)
 
     async def _reach_excluded(self, run_id: str, now: float) -> int:
@@ -744,7 +762,7 @@ class PostgresStore(Store):
             unsettled: int = await tx.conn.fetchval(Q["unsettled"], run_id)
             return unsettled
 
-        return await self._write("reach_excluded", body, now=now)
+        return await self._write("reach_excluded", body, now=now, work=True)
 
     async def _adopt(self, run_id: str, worker: str | None) -> Settled:
         """What a settlement whose acknowledgement was lost returned: the run's unsettled
@@ -774,7 +792,7 @@ class PostgresStore(Store):
             tx.event(claim.run_id, claim.step_id, "step_retrying", payload)
             return True
 
-        return await self._write("fail_attempt", body, now=now)
+        return await self._write("fail_attempt", body, now=now, work=True)
 
     async def release(self, claims: Sequence[Claim], now: float) -> None:
         async def body(tx: _Tx) -> None:
@@ -784,7 +802,7 @@ class PostgresStore(Store):
                 if _changed(await tx.conn.execute(Q["release_step"], *_fence(claim))):
                     tx.event(claim.run_id, claim.step_id, "step_released", {})
 
-        await self._write("release", body, now=now)
+        await self._write("release", body, now=now, work=True)
 
     async def wait_for_gate(
         self, claim: Claim, message: str, deadline: float | None, now: float
@@ -839,7 +857,7 @@ class PostgresStore(Store):
                 tx.event(run_id, step_id, "step_failed", {"error": error})
                 await _end(tx, run_id, RunStatus.FAILED, f"step '{step_id}' {error}")
 
-        await self._write("decide_gate", body, now=now)
+        await self._write("decide_gate", body, now=now, work=True)
         (step,) = await self.get_steps(run_id, [step_id])
         return step
 
@@ -873,7 +891,7 @@ class PostgresStore(Store):
             tx.event(run_id, None, "run_retried", {"steps": list(resets)})
             await _reach_excluded(tx, run_id)
 
-        await self._write("retry_run", body, now=now)
+        await self._write("retry_run", body, now=now, work=True)
         return await self.get_run(run_id)
 
     async def finish_run(

@@ -101,7 +101,8 @@ WITH counter AS (
 SELECT pg_advisory_xact_lock($9);
 
 -- name: announce
-SELECT count(pg_notify($1, run_id)) FROM unnest($2::text[]) AS changed(run_id);
+SELECT count(pg_notify(channel, run_id))
+FROM unnest($1::text[], $2::text[]) AS changed(channel, run_id);
 
 -- name: receipt_lock
 -- Wait until the write that holds this receipt's lock has ended (committed or not),
