@@ -290,9 +290,18 @@ def worker(
             loop.add_signal_handler(sig, runner.stop)
         typer.echo(f"worker {runner.id} started (pid {os.getpid()})", err=True)
         await runner.run(until_idle=until_idle, grace=grace)
+        stopped.append(runner.stopping.is_set())
         return 0
 
-    raise typer.Exit(with_store(body))
+    stopped: list[bool] = []
+    code = with_store(body)
+    if stopped and stopped[0]:
+        # Code steps still running in threads past the grace were handed back (another
+        # worker runs them again); a thread cannot be stopped, so do not wait for it.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise typer.Exit(code)
 
 
 @app.command()

@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import ipaddress
 import json
+import os
 import signal
 import socket
+import sys
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -137,3 +139,9 @@ def serve(
         asyncio.run(main())
     except FlowrunnerError as exc:
         raise fail(exc.message) from None
+    if worker:
+        # Code steps still running in threads past the grace were handed back (another
+        # worker runs them again); a thread cannot be stopped, so do not wait for it.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -219,10 +219,13 @@ class E2EProject:
             args += ["--input", pair]
         return str(json.loads(self.cli(*args).stdout)["id"])
 
-    def worker(self, *, until_idle: bool = False, **env: str) -> subprocess.Popen[bytes]:
-        """Start ``flowrunner worker`` (its output goes to ``logs/worker-N.log``)."""
+    def worker(
+        self, *, until_idle: bool = False, extra: Sequence[str] = (), **env: str
+    ) -> subprocess.Popen[bytes]:
+        """Start ``flowrunner worker`` (its output goes to ``logs/worker-N.log``), with
+        ``extra`` options."""
         self._workers += 1
-        args = [str(FLOWRUNNER), "--project", str(self.root), "worker"]
+        args = [str(FLOWRUNNER), "--project", str(self.root), "worker", *extra]
         if until_idle:
             args.append("--until-idle")
         log = (self.logs / f"worker-{self._workers}.log").open("wb")
