@@ -136,24 +136,37 @@ SELECT EXISTS (
 ) AS expired;
 
 -- name: claim_ready
--- Lease ready steps in one statement that commits on its own (never waiting: steps and
--- runs another transaction holds are skipped), within the capacity of agent steps ($3)
--- and of the others ($4), and each run's max_parallel (counted as of the statement's
--- start: concurrent claims may overshoot it by their own takes); append the
--- step_started events, leave the receipt ($7) and hold its lock ($8).
-WITH candidate AS (
+-- Lease ready steps in one statement that commits on its own, within the capacity of
+-- agent steps ($3) and of the others ($4), and each run's max_parallel (counted as of the
+-- statement's start: concurrent claims may overshoot it by their own takes); append the
+-- step_started events, leave the receipt ($7) and hold its lock ($8). The runs are
+-- locked first, in id order (the lock order of every write: a claim may wait for a
+-- settlement of the same run, about a millisecond, never deadlock); steps another claim
+-- holds are skipped.
+WITH ready_runs AS (
+    SELECT run_id FROM (
+        SELECT s.run_id FROM steps s
+        WHERE s.status = 'pending' AND s.waiting_on = 0 AND s.ready_at <= $1 AND NOT s.excluded
+          AND ($2::text IS NULL OR s.run_id = $2)
+          AND CASE WHEN s.agent THEN $3 > 0 ELSE $4 > 0 END
+        ORDER BY s.ready_at
+        LIMIT $3 + $4
+    ) AS first_ready
+    GROUP BY run_id
+), locked AS (
+    SELECT id, max_parallel FROM runs
+    WHERE id IN (SELECT run_id FROM ready_runs) AND status = 'running'
+    ORDER BY id
+    FOR UPDATE
+), candidate AS (
     SELECT s.run_id, s.step_id, s.agent, s.ready_at, s.position
-    FROM steps s JOIN runs r ON r.id = s.run_id
-    WHERE s.status = 'pending' AND s.waiting_on = 0 AND s.ready_at <= $1 AND NOT s.excluded
-      AND r.status = 'running' AND ($2::text IS NULL OR s.run_id = $2)
+    FROM steps s
+    WHERE s.run_id IN (SELECT id FROM locked)
+      AND s.status = 'pending' AND s.waiting_on = 0 AND s.ready_at <= $1 AND NOT s.excluded
       AND CASE WHEN s.agent THEN $3 > 0 ELSE $4 > 0 END
     ORDER BY s.ready_at
     LIMIT $3 + $4
     FOR UPDATE OF s SKIP LOCKED
-), locked AS (
-    SELECT id, max_parallel FROM runs
-    WHERE id IN (SELECT run_id FROM candidate) AND status = 'running'
-    FOR UPDATE SKIP LOCKED
 ), busy AS (
     SELECT run_id, count(*) AS n FROM steps
     WHERE run_id IN (SELECT id FROM locked) AND status = 'running' AND agent
