@@ -15,6 +15,7 @@ from engine.api.frames import Frames
 from engine.config import Project
 from engine.lint import CheckedFlow, FileResult, check_file
 from engine.model.documents import AgentStep
+from engine.runner.snapshot import Snapshot
 from engine.store.base import Store
 
 ANONYMOUS = "anonymous"
@@ -32,6 +33,18 @@ class Api:
     """Called after a change a worker should see at once (a launch, a decision, a retry)."""
     checked: dict[Path, tuple[tuple[int, ...], CheckedFlow]] = field(default_factory=dict)
     """Validated flows by file, with the file signature they were checked at."""
+
+    snapshots: dict[Path, tuple[CheckedFlow, Snapshot]] = field(default_factory=dict)
+    """The launch snapshot of each validated flow above (taken once per check)."""
+
+    def snapshot(self, checked: CheckedFlow) -> Snapshot:
+        """The snapshot a launch of ``checked`` (from :meth:`checked_flow`) stores. It is taken
+        once per check: a new check (a flow, prompt or persona file changed) takes a new one."""
+        path = Path(checked.path)
+        cached = self.snapshots.get(path)
+        if cached is None or cached[0] is not checked:
+            cached = self.snapshots[path] = (checked, Snapshot.take(checked, self.project))
+        return cached[1]
 
     def checked_flow(self, path: Path) -> FileResult:
         """The flow in ``path`` checked, reusing the last check while no file it reads changed."""

@@ -106,15 +106,17 @@ async def launch(
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> dict[str, Any]:
     """Launch a run; the same ``Idempotency-Key`` with the same body returns the same run."""
+    flow = checked(context, name)
     run_id, created = await service.launch(
         context.store,
         context.project,
-        checked(context, name),
+        flow,
         inputs=body.inputs,
         band=body.band,
         model=body.model,
         launched_by=who,
         idempotency_key=idempotency_key,
+        snapshot=context.snapshot(flow),
         now=time.time(),
     )
     context.on_change()

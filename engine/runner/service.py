@@ -81,15 +81,19 @@ async def launch(
     launched_by: str | None = None,
     idempotency_key: str | None = None,
     replay_of: str | None = None,
+    snapshot: Snapshot | None = None,
     now: float,
 ) -> tuple[str, bool]:
-    """Validate the inputs, snapshot the flow and store the run; returns (id, created)."""
+    """Validate the inputs, snapshot the flow (unless ``snapshot``, taken of it already, is
+    given) and store the run; returns (id, created)."""
     flow = checked.flow
     values = check_values(flow.inputs, inputs, "input")
     chosen = _band(flow, band)
     if replay_of is not None:
         await store.get_run(replay_of)  # NotFound when there is nothing to replay
-    snapshot = Snapshot.take(checked, project)
+    if snapshot is None:
+        snapshot = Snapshot.take(checked, project)
+    snapshot_json, snapshot_hash = snapshot.encoded()
     plan = make_plan(flow, checked.order, chosen)
     steps = [
         NewStep(
@@ -109,8 +113,8 @@ async def launch(
         band=chosen,
         model=model or project.settings.model,
         inputs=values,
-        snapshot=snapshot.to_json(),
-        snapshot_hash=snapshot.hash,
+        snapshot=snapshot_json,
+        snapshot_hash=snapshot_hash,
         steps=steps,
         max_parallel=flow.max_parallel,
         launched_by=launched_by,

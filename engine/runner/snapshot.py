@@ -52,7 +52,12 @@ class Snapshot:
 
     @property
     def hash(self) -> str:
-        return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()
+        return self.encoded()[1]
+
+    def encoded(self) -> tuple[str, str]:
+        """The JSON text stored with the run, and its hash."""
+        text = self.to_json()
+        return text, hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     @classmethod
     def from_json(cls, text: str) -> Snapshot:

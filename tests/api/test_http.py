@@ -983,3 +983,27 @@ def test_non_finite_numbers_are_not_accepted_as_inputs(
     )
     details = assert_error(response, 422)
     assert "x" in json.dumps(details)
+
+
+def test_each_launch_snapshots_the_personas_as_they_are_then(
+    project: ApiProject, start_server: Callable[..., LiveServer]
+) -> None:
+    persona = project.root / "personas" / "helper.md"
+    persona.write_text("first\n", "utf-8")
+    project.flow("ask", "steps:\n  - {id: ask, kind: agent, persona: helper, prompt: hi}\n")
+    server = start_server()
+    texts = ["second, longer\n", "third, longer!\n"]  # the last edit keeps the size
+    with server.client() as client:
+        run_ids = [launch(client, "ask")]
+        for text in texts:
+            time.sleep(0.05)  # an edit comes after a launch, not within the same clock tick
+            persona.write_text(text, "utf-8")
+            run_ids += [launch(client, "ask"), launch(client, "ask")]
+    with sqlite3.connect(project.root / ".flowrunner" / "api.db") as db:
+        personas = [
+            json.loads(db.execute("SELECT snapshot FROM runs WHERE id = ?", (r,)).fetchone()[0])[
+                "personas"
+            ]["helper"]
+            for r in run_ids
+        ]
+    assert personas == ["first\n", texts[0], texts[0], texts[1], texts[1]]
