@@ -35,11 +35,16 @@ def free_port() -> int:
 
 
 async def launches(base: str, count: int, clients: int) -> list[float]:
+    """Latencies of ``count`` launches by ``clients`` concurrent clients, each with its own
+    connection, opened (and used once) before the timed launches start."""
     latencies: list[float] = []
     queue = list(range(count))
+    ready = asyncio.Barrier(clients)
 
     async def client() -> None:
         async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+            (await http.get("/healthz")).raise_for_status()
+            await ready.wait()
             while queue:
                 queue.pop()
                 started = time.perf_counter()
