@@ -32,7 +32,12 @@ ERRORS: dict[type[errors.FlowrunnerError], tuple[int, str]] = {
 }
 """Engine error type -> (HTTP status, error code): the one table the API maps through."""
 
-HTTP_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
+HTTP_CODES = {
+    400: "bad_request",  # a body the JSON parser gave up on (nested thousands deep)
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+}
 
 
 def create_app(context: Api, *, max_body: int = 1024 * 1024) -> FastAPI:

@@ -313,7 +313,8 @@ class PostgresStore(Store):
                     try:
                         return await attempt(conn)
                     except TRANSIENT:
-                        conn.terminate()  # never hand a broken connection back to the pool
+                        with contextlib.suppress(asyncpg.InterfaceError):
+                            conn.terminate()  # never hand a broken connection back to the pool
                         raise
             except (*TRANSIENT, *CONTENTION) as exc:
                 if deadline is None:

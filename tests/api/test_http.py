@@ -544,6 +544,17 @@ def test_an_over_long_idempotency_key_is_422(client: httpx.Client) -> None:
     assert details[0]["location"] == ["header", "idempotency-key"]
 
 
+def test_a_body_nested_too_deep_to_parse_is_400_in_the_error_shape(
+    client: httpx.Client,
+) -> None:
+    body = '{"inputs": ' + "[" * 5000 + "]" * 5000 + "}"
+    response = client.post(
+        "/v1/flows/greet/runs", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert_error(response, 400, "bad_request")
+    assert client.get("/v1/runs").json()["runs"] == []
+
+
 def chunked(*parts: bytes) -> Iterator[bytes]:
     """A body sent without a Content-Length (chunked transfer encoding)."""
     yield from parts

@@ -315,6 +315,7 @@ async def test_a_query_racing_a_terminated_backend_is_retried(
     and never leave the store raw. The proxy widens the window to make it certain."""
     store = await open_store(proxy.url, pool_size=1)
     await store.create_run(diamond(), 1.0)
+    await asyncio.sleep(0.1)  # the launch's wake-up (NOTIFY, sent just after it) has gone
     (backend,) = await backends(admin, proxy)
     proxy.close_delay = 1.0
     closes = proxy.server_closes
