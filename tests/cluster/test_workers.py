@@ -107,8 +107,9 @@ def check_logs(events: dict[str, list[dict[str, Any]]], run_ids: list[str]) -> N
 
 def test_three_workers_run_300_runs_each_step_once(cluster: ClusterProject) -> None:
     make_project(cluster, sleep=0)
-    run_ids = cluster.launch_many("mixed", 300)
     workers = [cluster.worker() for _ in range(3)]
+    cluster.wait(lambda: cluster.worker_logs().count(" started (pid ") == 3, 60, "3 workers")
+    run_ids = cluster.launch_many("mixed", 300)
     cluster.wait(lambda: cluster.all_ended(run_ids), 120, "300 runs to end")
 
     assert set(cluster.statuses(run_ids).values()) == {"completed"}
@@ -131,6 +132,9 @@ def test_kill_9_a_random_worker_every_half_second(cluster: ClusterProject) -> No
     cluster.replies("replies:\n  - reply: 'ok'\n    delay: 0.3\n")
     cluster.env["FLOWRUNNER_MAX_AGENTS"] = "4"
     cluster.env["FLOWRUNNER_MAX_CODE"] = "4"
+    # The kills are the test's, not the steps': a step caught by 3 of the 20 (it happens)
+    # must not be failed as one that keeps killing its workers.
+    cluster.env["FLOWRUNNER_MAX_CRASHES"] = "25"
     run_ids = cluster.launch_many("mixed", 300)
     workers = [cluster.worker() for _ in range(3)]
     chance = random.Random(5)
@@ -144,7 +148,8 @@ def test_kill_9_a_random_worker_every_half_second(cluster: ClusterProject) -> No
     assert not cluster.all_ended(run_ids), "the kills must land while runs execute"
     cluster.wait(lambda: cluster.all_ended(run_ids), 240, "300 runs to end after the kills")
 
-    assert set(cluster.statuses(run_ids).values()) == {"completed"}
+    failed = cluster.query("SELECT id, error FROM runs WHERE status <> 'completed'")
+    assert not failed, [dict(row) for row in failed]
     events = cluster.all_events()
     check_logs(events, run_ids)
     taken_over = Counter(
