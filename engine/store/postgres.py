@@ -51,7 +51,7 @@ from engine.store.base import (
     StoreError,
 )
 from engine.store.queries import load_migrations, load_queries
-from engine.store.rows import as_json, run_record, step_record
+from engine.store.rows import agent_call, as_json, event_record, run_record, step_record
 
 log = logging.getLogger("flowrunner.store")
 
@@ -567,10 +567,7 @@ class PostgresStore(Store):
 
     async def events(self, run_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
         rows = await self._fetch("events", run_id, after, limit)
-        return [
-            Event(r["run_id"], r["id"], r["step_id"], r["event"], json.loads(r["payload"]), r["at"])
-            for r in rows
-        ]
+        return [event_record(row) for row in rows]
 
     # Scheduling
 
@@ -623,34 +620,49 @@ class PostgresStore(Store):
     ) -> list[Claim]:
         """The common claim (no lease to take over): one statement, committed on its own, so
         no run stays locked across a round trip to this process."""
+
+        async def claim(conn: Conn, token: str) -> list[Claim]:
+            rows = await conn.fetch(
+                Q["claim_ready"],
+                now,
+                run_id,
+                max(capacity.agents, 0),
+                max(capacity.others, 0),
+                worker,
+                now + lease,
+                token,
+                _lock_key(token),
+            )
+            return list(_claims(rows, worker))
+
+        async def adopt() -> list[Claim]:  # what the lost statement claimed
+            return list(_claims(await self._fetch("leased_to", worker, None), worker))
+
+        claims = await self._statement("claim", claim, adopt)
+        self._announce(claim.run_id for claim in claims)
+        return claims
+
+    async def _statement(
+        self,
+        what: str,
+        run: Callable[[Conn, str], Awaitable[T]],
+        recover: Callable[[], Awaitable[T]],
+    ) -> T:
+        """Run one write statement that commits on its own and leaves a receipt under the token
+        ``run`` is given. When the connection is lost after it was sent, the outcome is
+        unknown: once its receipt says it committed, ``recover`` tells what it did."""
         token = uuid.uuid4().hex
         sent = False
 
-        async def attempt(conn: Conn) -> list[Claim]:
+        async def attempt(conn: Conn) -> T:
             nonlocal sent
             if sent and await _read_receipt(conn, token) is not None:
-                rows = await conn.fetch(Q["leased_by"], worker)  # adopt what it claimed
-            else:
-                sent = True
-                rows = await conn.fetch(
-                    Q["claim_ready"],
-                    now,
-                    run_id,
-                    max(capacity.agents, 0),
-                    max(capacity.others, 0),
-                    worker,
-                    now + lease,
-                    token,
-                    _lock_key(token),
-                )
-            return [
-                Claim(r["run_id"], r["step_id"], r["kind"], r["attempts"], r["failures"], worker)
-                for r in rows
-            ]
+                log.info("PostgreSQL: %s had committed; its receipt says so", what)
+                return await recover()
+            sent = True
+            return await run(conn, token)
 
-        claims = await self._retrying(attempt, "claim")
-        self._announce(claim.run_id for claim in claims)
-        return claims
+        return await self._retrying(attempt, what)
 
     async def lease_owners(self) -> list[str]:
         return [row[0] for row in await self._fetch("lease_owners")]
@@ -719,23 +731,17 @@ class PostgresStore(Store):
         worker = eager.worker if eager is not None else None
         expires = now + eager.lease if eager is not None else None
         others = max(eager.others, 0) if eager is not None else 0
-        token = uuid.uuid4().hex
-        sent = False
 
-        async def attempt(conn: Conn) -> list[asyncpg.Record] | Settled | None:
-            nonlocal sent
-            if sent:  # the statement may have committed before the connection was lost
-                found = await _read_receipt(conn, token)
-                if found is not None:
-                    log.info("PostgreSQL: %s had committed; its receipt says so", event)
-                    return await self._adopt(claim.run_id, worker)
-            sent = True
+        async def settle(conn: Conn, token: str) -> list[asyncpg.Record] | Settled:
             args = (now, worker, expires, others, event, as_json(dict(payload)), token)
             return await conn.fetch(
                 Q["settle_step"], *_fence(claim), *values, *args, _lock_key(token)
             )
 
-        outcome = await self._retrying(attempt, event)
+        async def adopt() -> list[asyncpg.Record] | Settled:
+            return await self._adopt(claim.run_id, worker)
+
+        outcome = await self._statement(event, settle, adopt)
         if not isinstance(outcome, list):
             return outcome
         if not outcome:
@@ -743,7 +749,7 @@ class PostgresStore(Store):
             await self.append_event(claim.run_id, claim.step_id, "stale_result_refused", stale, now)
             return None
         taken = sorted((row for row in outcome if row["taken"]), key=_position)
-        claims = _claims(claim.run_id, taken, worker) if worker else ()
+        claims = _claims(taken, worker) if worker else ()
         unsettled: int = outcome[0]["unsettled"]
         ready_left = any(_ready(row) and not row["taken"] for row in outcome)
         if any(_reached_excluded(row) for row in outcome):
@@ -772,8 +778,8 @@ class PostgresStore(Store):
         run = await self.get_run(run_id)
         if worker is None:
             return Settled(run.unsettled, (), True)
-        rows = await self._fetch("leased_to", run_id, worker)
-        return Settled(run.unsettled, _claims(run_id, rows, worker), True)
+        rows = await self._fetch("leased_to", worker, run_id)
+        return Settled(run.unsettled, _claims(rows, worker), True)
 
     async def fail_attempt(
         self, claim: Claim, error: str, retry_at: float | None, now: float
@@ -940,21 +946,7 @@ class PostgresStore(Store):
 
     async def agent_calls(self, run_id: str, step_id: str | None = None) -> list[AgentCall]:
         rows = await self._fetch("agent_calls", run_id, step_id)
-        return [
-            AgentCall(
-                r["run_id"],
-                r["step_id"],
-                r["attempt"],
-                r["sequence"],
-                r["persona"],
-                r["prompt"],
-                r["output"],
-                r["backend"],
-                r["scripted"],
-                r["at"],
-            )
-            for r in rows
-        ]
+        return [agent_call(row) for row in rows]
 
     async def append_event(
         self, run_id: str, step_id: str | None, event: str, payload: Mapping[str, Any], now: float
@@ -1054,9 +1046,10 @@ async def _settled(tx: _Tx, run_id: str, rows: list[asyncpg.Record]) -> int:
         rows = await tx.conn.fetch(Q["settle"], run_id, excluded, level, tx.now)
 
 
-def _claims(run_id: str, rows: Sequence[asyncpg.Record], worker: str) -> tuple[Claim, ...]:
+def _claims(rows: Sequence[asyncpg.Record], worker: str) -> tuple[Claim, ...]:
+    """Steps just leased to ``worker`` (rows with their run, id, kind and counts)."""
     return tuple(
-        Claim(run_id, row["step_id"], row["kind"], row["attempts"], row["failures"], worker)
+        Claim(row["run_id"], row["step_id"], row["kind"], row["attempts"], row["failures"], worker)
         for row in rows
     )
 
@@ -1108,7 +1101,7 @@ async def _take(
     for row in rows:
         payload = {"attempt": row["attempts"], "worker": worker}
         tx.event(run_id, row["step_id"], "step_started", payload)
-    return list(_claims(run_id, rows, worker))
+    return list(_claims(rows, worker))
 
 
 async def _take_over(

@@ -6,7 +6,7 @@ import json
 from typing import Any, Protocol
 
 from engine.core.plan import RunStatus, StepStatus
-from engine.store.base import RunRecord, StepRecord
+from engine.store.base import AgentCall, Event, RunRecord, StepRecord
 
 
 class Row(Protocol):
@@ -58,4 +58,30 @@ def step_record(row: Row) -> StepRecord:
         deadline=row["deadline"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],
+    )
+
+
+def event_record(row: Row) -> Event:
+    return Event(
+        row["run_id"],
+        row["id"],
+        row["step_id"],
+        row["event"],
+        json.loads(row["payload"]),
+        row["at"],
+    )
+
+
+def agent_call(row: Row) -> AgentCall:
+    return AgentCall(
+        row["run_id"],
+        row["step_id"],
+        row["attempt"],
+        row["sequence"],
+        row["persona"],
+        row["prompt"],
+        row["output"],
+        row["backend"],
+        bool(row["scripted"]),
+        row["at"],
     )

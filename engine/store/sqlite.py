@@ -38,7 +38,7 @@ from engine.store.base import (
     StoreError,
 )
 from engine.store.queries import load_migrations, load_queries
-from engine.store.rows import as_json, run_record, step_record
+from engine.store.rows import agent_call, as_json, event_record, run_record, step_record
 
 Q = load_queries("sqlite")
 T = TypeVar("T")
@@ -55,21 +55,6 @@ def _statements(script: str) -> list[str]:
             statements.append(current.strip())
             current = ""
     return [s for s in statements if s.strip(" \n;")]
-
-
-def _call(row: sqlite3.Row) -> AgentCall:
-    return AgentCall(
-        row["run_id"],
-        row["step_id"],
-        row["attempt"],
-        row["sequence"],
-        row["persona"],
-        row["prompt"],
-        row["output"],
-        row["backend"],
-        bool(row["scripted"]),
-        row["at"],
-    )
 
 
 def _fence(claim: Claim) -> dict[str, Any]:
@@ -360,10 +345,7 @@ class SqliteStore(Store):
 
     async def events(self, run_id: str, after: int = 0, limit: int = 1000) -> list[Event]:
         rows = await self._read("events", {"run_id": run_id, "after": after, "limit": limit})
-        return [
-            Event(r["run_id"], r["id"], r["step_id"], r["event"], json.loads(r["payload"]), r["at"])
-            for r in rows
-        ]
+        return [event_record(row) for row in rows]
 
     # Scheduling
 
@@ -634,7 +616,7 @@ class SqliteStore(Store):
 
     async def agent_calls(self, run_id: str, step_id: str | None = None) -> list[AgentCall]:
         rows = await self._read("agent_calls", {"run_id": run_id, "step_id": step_id})
-        return [_call(row) for row in rows]
+        return [agent_call(row) for row in rows]
 
     async def append_event(
         self, run_id: str, step_id: str | None, event: str, payload: Mapping[str, Any], now: float

@@ -211,9 +211,12 @@ WITH ready_runs AS (
 SELECT t.run_id, t.step_id, t.kind, t.attempts, t.failures, pg_advisory_xact_lock($8) AS held
 FROM taken t ORDER BY t.run_id, t.position;
 
--- name: leased_by
+-- name: leased_to
+-- The steps leased to a worker ($1), of one run ($2) or all: what a write whose
+-- acknowledgement was lost had claimed for it.
 SELECT run_id, step_id, kind, attempts, failures FROM steps
-WHERE status = 'running' AND lease_owner = $1 ORDER BY run_id, position;
+WHERE status = 'running' AND lease_owner = $1 AND ($2::text IS NULL OR run_id = $2)
+ORDER BY run_id, position;
 
 -- name: claimable_ready
 SELECT s.run_id, s.step_id, s.kind, s.agent, s.status, s.attempts, s.failures, s.crashes,
@@ -255,7 +258,7 @@ SET status = 'running', attempts = attempts + 1, lease_owner = $3, lease_expires
     started_at = coalesce(started_at, $5)
 WHERE run_id = $1 AND step_id = ANY($2::text[]) AND status = 'pending' AND waiting_on = 0
   AND ready_at <= $5 AND NOT excluded
-RETURNING step_id, kind, attempts, failures;
+RETURNING run_id, step_id, kind, attempts, failures;
 
 -- name: take_step
 UPDATE steps
@@ -326,8 +329,8 @@ WITH done AS (
                           ELSE coalesce(steps.started_at, $11) END
     FROM candidate LEFT JOIN chosen ON chosen.step_id = candidate.step_id
     WHERE steps.run_id = $1 AND steps.step_id = candidate.step_id
-    RETURNING steps.step_id, steps.position, steps.waiting_on, steps.excluded, steps.status,
-              steps.dependents, steps.kind, steps.attempts, steps.failures,
+    RETURNING steps.run_id, steps.step_id, steps.position, steps.waiting_on, steps.excluded,
+              steps.status, steps.dependents, steps.kind, steps.attempts, steps.failures,
               chosen.step_id IS NOT NULL AS taken
 ), taken AS (
     SELECT count(*) AS n FROM dependent WHERE taken
@@ -349,10 +352,6 @@ WITH done AS (
 )
 SELECT run.unsettled, pg_advisory_xact_lock($18) AS held, dependent.*
 FROM run LEFT JOIN dependent ON true;
-
--- name: leased_to
-SELECT step_id, kind, attempts, failures FROM steps
-WHERE run_id = $1 AND status = 'running' AND lease_owner = $2 ORDER BY position;
 
 -- name: retry_step
 UPDATE steps
