@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -32,6 +34,15 @@ def fail(message: str, code: int = 2) -> typer.Exit:
     """Print one clear line to stderr and return the exit to raise."""
     typer.echo(f"flowrunner: {message}", err=True)
     return typer.Exit(code)
+
+
+def exit_past_threads(code: int) -> NoReturn:
+    """Exit now, after a worker stopped on a signal: code steps still running in threads past
+    the grace were handed back (another worker runs them again), and a thread cannot be
+    stopped, so the process must not wait for them."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def open_project() -> Project:

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.prompt import Confirm, Prompt
 from rich.table import Table
 
-from engine.cli.common import app, checked_flow, fail, open_project
+from engine.cli.common import app, checked_flow, exit_past_threads, fail, open_project
 from engine.cli.progress import Progress, StepLine, follow
 from engine.config import Project
 from engine.core.plan import RunStatus
@@ -296,11 +296,7 @@ def worker(
     stopped: list[bool] = []
     code = with_store(body)
     if stopped and stopped[0]:
-        # Code steps still running in threads past the grace were handed back (another
-        # worker runs them again); a thread cannot be stopped, so do not wait for it.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        exit_past_threads(code)
     raise typer.Exit(code)
 
 

@@ -6,10 +6,8 @@ import asyncio
 import contextlib
 import ipaddress
 import json
-import os
 import signal
 import socket
-import sys
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -19,7 +17,7 @@ import uvicorn
 from engine.api.app import create_app, dump_openapi
 from engine.api.context import Api
 from engine.api.frames import Frames
-from engine.cli.common import app, fail, open_project
+from engine.cli.common import app, exit_past_threads, fail, open_project
 from engine.config import Project
 from engine.errors import FlowrunnerError
 from engine.runner.setup import agent_backend, open_store
@@ -120,7 +118,7 @@ def serve(
         if worker:
             runner = Worker(store, project, agent_backend(project))
             runner.subscribers.append(frames.publish)
-        store.subscribe(lambda run_id: frames.changed(run_id))  # runs other processes change
+        store.subscribe(frames.changed)  # runs other processes change
         context = Api(project, store, tokens, frames)
         if runner is not None:
             context.on_change = runner.wake.set
@@ -140,8 +138,4 @@ def serve(
     except FlowrunnerError as exc:
         raise fail(exc.message) from None
     if worker:
-        # Code steps still running in threads past the grace were handed back (another
-        # worker runs them again); a thread cannot be stopped, so do not wait for it.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        exit_past_threads(0)

@@ -50,10 +50,6 @@ class Snapshot:
             sort_keys=True,
         )
 
-    @property
-    def hash(self) -> str:
-        return self.encoded()[1]
-
     def encoded(self) -> tuple[str, str]:
         """The JSON text stored with the run, and its hash."""
         text = self.to_json()
