@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,20 +59,22 @@ class Api:
         return result
 
 
-def _stat(path: Path) -> tuple[int, ...]:
+def _stat(path: Path | str) -> tuple[int, ...]:
     try:
-        found = path.stat()
+        found = os.stat(path)
     except OSError:
         return (-1,)
     return (found.st_mtime_ns, found.st_size)
 
 
 def _signature(path: Path, personas: Path) -> tuple[int, ...]:
-    return (
-        _stat(path)
-        + _stat(personas)
-        + tuple(n for persona in sorted(personas.glob("*.md")) for n in _stat(persona))
-    )
+    """The flow file's and every persona file's (mtime, size), in name order."""
+    try:
+        with os.scandir(personas) as entries:
+            names = sorted(entry.path for entry in entries if entry.name.endswith(".md"))
+    except OSError:
+        names = []
+    return _stat(path) + _stat(personas) + tuple(n for name in names for n in _stat(name))
 
 
 def _prompt_signature(checked: CheckedFlow) -> tuple[int, ...]:
@@ -84,14 +87,15 @@ def _prompt_signature(checked: CheckedFlow) -> tuple[int, ...]:
     )
 
 
-def api(request: Request) -> Api:
+async def api(request: Request) -> Api:
     found: Api = request.app.state.api
     return found
 
 
-def identity(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
-    """The identity of the bearer token (``anonymous`` when the API has no tokens)."""
-    tokens = api(request).tokens
+async def identity(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
+    """The identity of the bearer token (``anonymous`` when the API has no tokens).
+    Dependencies are coroutines: FastAPI runs a plain function in a thread pool."""
+    tokens: dict[str, str] | None = request.app.state.api.tokens
     if not tokens:
         return ANONYMOUS
     scheme, _, token = (authorization or "").partition(" ")

@@ -20,7 +20,14 @@ from rich.console import Console
 from rich.prompt import Confirm, Prompt
 from rich.table import Table
 
-from engine.cli.common import app, checked_flow, exit_past_threads, fail, open_project
+from engine.cli.common import (
+    app,
+    checked_flow,
+    exit_past_threads,
+    fail,
+    open_project,
+    run_async,
+)
 from engine.cli.progress import Progress, StepLine, follow
 from engine.config import Project
 from engine.core.plan import RunStatus
@@ -64,7 +71,7 @@ def with_store(body: Callable[[Project, Store], Awaitable[T]]) -> T:
             await store.close()
 
     try:
-        return asyncio.run(main())
+        return run_async(main())
     except InvalidInput as exc:
         raise fail(exc.message, 2) from None
     except (NotFound, Conflict, NotAllowed) as exc:

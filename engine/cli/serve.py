@@ -17,7 +17,7 @@ import uvicorn
 from engine.api.app import create_app, dump_openapi
 from engine.api.context import Api
 from engine.api.frames import Frames
-from engine.cli.common import app, exit_past_threads, fail, open_project
+from engine.cli.common import app, exit_past_threads, fail, open_project, run_async
 from engine.config import Project
 from engine.errors import FlowrunnerError
 from engine.runner.setup import agent_backend, open_store
@@ -103,6 +103,9 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     worker: Annotated[bool, typer.Option(help="Run a worker in this process too.")] = True,
+    access_log: Annotated[
+        bool, typer.Option(help="Log every request (a tenth of a launch's time).")
+    ] = False,
 ) -> None:
     """Serve the HTTP API (and a worker); takes over unfinished runs at start."""
     project = open_project()
@@ -123,7 +126,9 @@ def serve(
         if runner is not None:
             context.on_change = runner.wake.set
         api = create_app(context)
-        server = Server(uvicorn.Config(api, host=host, port=port, log_level="info"))
+        server = Server(
+            uvicorn.Config(api, host=host, port=port, log_level="info", access_log=access_log)
+        )
         work = asyncio.create_task(runner.run()) if runner else None
         try:
             await server.serve()
@@ -134,7 +139,7 @@ def serve(
             await store.close()
 
     try:
-        asyncio.run(main())
+        run_async(main())
     except FlowrunnerError as exc:
         raise fail(exc.message) from None
     if worker:

@@ -93,7 +93,7 @@ async def launch(
         await store.get_run(replay_of)  # NotFound when there is nothing to replay
     if snapshot is None:
         snapshot = Snapshot.take(checked, project)
-    snapshot_json, snapshot_hash = snapshot.encoded()
+    snapshot_json, snapshot_hash = snapshot.encoded
     plan = make_plan(flow, checked.order, chosen)
     steps = [
         NewStep(

@@ -27,7 +27,7 @@ from engine.templates import step_reads
 MAX_PERSONA_BYTES = 256 * 1024
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Snapshot:
     """What is stored with a run: the YAML text, prompt templates, personas and order."""
 
@@ -37,8 +37,11 @@ class Snapshot:
     personas: dict[str, str]
     order: tuple[str, ...]
 
-    def to_json(self) -> str:
-        return json.dumps(
+    @cached_property
+    def encoded(self) -> tuple[str, str]:
+        """The JSON text stored with the run, and its hash (computed once: the API reuses a
+        flow's snapshot for every launch until a file changes)."""
+        text = json.dumps(
             {
                 "path": self.path,
                 "source": self.source,
@@ -49,10 +52,6 @@ class Snapshot:
             ensure_ascii=False,
             sort_keys=True,
         )
-
-    def encoded(self) -> tuple[str, str]:
-        """The JSON text stored with the run, and its hash."""
-        text = self.to_json()
         return text, hashlib.sha256(text.encode("utf-8")).hexdigest()
 
     @classmethod

@@ -189,7 +189,7 @@ SERVE_ENV = {
 
 
 @pytest.fixture
-def serve(project: ApiProject) -> Iterator[Callable[[], tuple[str, subprocess.Popen[bytes]]]]:
+def serve(project: ApiProject) -> Iterator[Callable[..., tuple[str, subprocess.Popen[bytes]]]]:
     """Start ``flowrunner serve`` as a subprocess with a token and the scripted backend."""
     (project.root / "replies.json").write_text(
         json.dumps({"replies": [{"match": "Greet", "reply": "Hi!"}, {"reply": "ok"}]})
@@ -197,10 +197,10 @@ def serve(project: ApiProject) -> Iterator[Callable[[], tuple[str, subprocess.Po
     processes: list[subprocess.Popen[bytes]] = []
     log = (project.root / "serve.log").open("wb")
 
-    def start() -> tuple[str, subprocess.Popen[bytes]]:
+    def start(*extra: str) -> tuple[str, subprocess.Popen[bytes]]:
         port = free_port()
         process = subprocess.Popen(
-            [str(FLOWRUNNER), "--project", str(project.root), "serve", "--port", str(port)],
+            [str(FLOWRUNNER), "--project", str(project.root), "serve", "--port", str(port), *extra],
             cwd=project.root,
             env={**os.environ, **SERVE_ENV},
             stdout=log,
@@ -234,7 +234,7 @@ def serve_log(project: ApiProject) -> str:
 
 
 def test_the_serve_command_serves_the_api_and_a_worker(
-    serve: Callable[[], tuple[str, subprocess.Popen[bytes]]], project: ApiProject
+    serve: Callable[..., tuple[str, subprocess.Popen[bytes]]], project: ApiProject
 ) -> None:
     # a run stored before the server starts: serve takes it over
     detached = cli(
@@ -247,6 +247,19 @@ def test_the_serve_command_serves_the_api_and_a_worker(
         serve_round_trip(url, process, early)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n--- serve.log:\n{serve_log(project)}") from None
+    assert "/v1/runs" not in serve_log(project)  # no access log unless asked for
+
+
+def test_serve_logs_each_request_with_access_log(
+    serve: Callable[..., tuple[str, subprocess.Popen[bytes]]], project: ApiProject
+) -> None:
+    url, process = serve("--no-worker", "--access-log")
+    headers = {"Authorization": "Bearer s3cret"}
+    with httpx.Client(base_url=url, timeout=10, headers=headers) as client:
+        launch(client, "greet", {"name": "Al"})
+    process.send_signal(signal.SIGINT)
+    process.wait(10)
+    assert '"POST /v1/flows/greet/runs HTTP/1.1" 201' in serve_log(project)
 
 
 def serve_round_trip(url: str, process: subprocess.Popen[bytes], early: str) -> None:
@@ -267,7 +280,7 @@ def serve_round_trip(url: str, process: subprocess.Popen[bytes], early: str) -> 
 
 
 def test_sigterm_lets_the_worker_finish_its_running_step_before_serve_exits(
-    serve: Callable[[], tuple[str, subprocess.Popen[bytes]]], project: ApiProject
+    serve: Callable[..., tuple[str, subprocess.Popen[bytes]]], project: ApiProject
 ) -> None:
     project.flow(
         "nap",
@@ -362,6 +375,22 @@ def test_unknown_and_broken_flows(project: ApiProject, client: httpx.Client) -> 
     assert {d["rule"] for d in details} == {"FR004", "FR005", "FR007", "FR011"}
     assert_error(client.post("/v1/flows/broken/runs", json={}), 422, "invalid_flow")
     assert client.get("/v1/runs").json()["runs"] == []
+
+
+def test_a_flow_is_found_at_the_top_of_flows_first_then_in_subfolders(
+    project: ApiProject, client: httpx.Client
+) -> None:
+    team = project.root / "flows" / "archive"
+    team.mkdir()
+    nested = project.flow("nested", "steps:\n  - {id: only, kind: agent, prompt: Draft}\n")
+    nested.rename(team / "nested.yaml")
+    (team / "greet.yml").write_text(
+        "version: 1\nname: greet\nsteps:\n  - {id: other, kind: agent, prompt: Draft}\n"
+    )
+    assert [s["id"] for s in client.get("/v1/flows/nested").json()["steps"]] == ["only"]
+    wait_status(client, launch(client, "nested"))
+    # flows/greet.yaml, not flows/archive/greet.yml (which sorts first in a search of flows/)
+    assert [s["id"] for s in client.get("/v1/flows/greet").json()["steps"]] == ["hello", "shout"]
 
 
 def test_schema(client: httpx.Client) -> None:
