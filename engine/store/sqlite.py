@@ -4,7 +4,8 @@ SQLite has one writer at a time, which is what serializes advancing a run
 across processes. Each store operation is one transaction, run whole as one
 call on the store's own thread (``BEGIN IMMEDIATE`` ... ``COMMIT``): a thread
 hop per transaction rather than per statement, which is what keeps the cost
-of a persisted step well under a millisecond (see bench/overhead.py).
+of a persisted step well under a millisecond (see bench/overhead.py). Writes
+that queue up behind a busy thread commit together (see ``_call``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +46,22 @@ Q = load_queries("sqlite")
 T = TypeVar("T")
 Db = sqlite3.Connection
 EventRow = tuple[str | None, str, Mapping[str, Any]]
+
+
+Write = tuple[Callable[[Db], Any], "asyncio.Future[Any]"]
+Outcome = tuple[Any, BaseException | None]
+"""A write's result, or the exception it raised."""
+
+
+def _deliver(futures: list[asyncio.Future[Any]], outcomes: list[Outcome]) -> None:
+    """Hand each waiting caller its write's outcome (on the event loop's thread)."""
+    for future, (result, exc) in zip(futures, outcomes, strict=True):
+        if future.cancelled():
+            continue
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
 
 
 def _statements(script: str) -> list[str]:
@@ -171,29 +189,74 @@ class SqliteStore(Store):
         self.busy_timeout = busy_timeout
         self._db: Db | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fr-sqlite")
+        self._writes: list[Write] = []
+        self._writes_lock = threading.Lock()
 
     async def _call(self, body: Callable[[Db], T], *, write: bool = True) -> T:
-        """Run ``body`` on the store's thread, as one transaction when it writes."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self._transaction, body, write)
+        """Run ``body`` on the store's thread; when it writes, in a transaction.
 
-    def _transaction(self, body: Callable[[Db], T], write: bool) -> T:
+        Writes that queue up while the thread is busy commit together (group
+        commit): one ``BEGIN IMMEDIATE`` ... ``COMMIT`` for all of them, each in
+        its own savepoint, so one that fails is rolled back alone and the others
+        still commit. Each caller gets its result only after the commit.
+        """
+        loop = asyncio.get_running_loop()
+        if not write:
+            return await loop.run_in_executor(self._thread, self._read_body, body)
+        future: asyncio.Future[T] = loop.create_future()
+        with self._writes_lock:
+            self._writes.append((body, future))
+            first = len(self._writes) == 1
+        if first:  # the thread takes every write queued by the time it starts
+            self._thread.submit(self._commit_writes, loop)
+        return await future
+
+    def _read_body(self, body: Callable[[Db], T]) -> T:
+        if self._db is None:
+            raise StoreError("the store is not open")
+        try:
+            return body(self._db)
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite store {self.path}: {exc}") from exc
+
+    def _commit_writes(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._writes_lock:
+            writes, self._writes = self._writes, []
+        writes = [write for write in writes if not write[1].cancelled()]
+        if not writes:
+            return
+        try:
+            outcomes = self._transaction([body for body, _ in writes])
+        except BaseException as exc:  # the transaction as a whole failed: so did each write
+            if isinstance(exc, sqlite3.Error):
+                exc = StoreError(f"SQLite store {self.path}: {exc}")
+            outcomes = [(None, exc)] * len(writes)
+        loop.call_soon_threadsafe(_deliver, [future for _, future in writes], outcomes)
+
+    def _transaction(self, bodies: list[Callable[[Db], Any]]) -> list[Outcome]:
         db = self._db
         if db is None:
             raise StoreError("the store is not open")
+        outcomes: list[Outcome] = []
+        db.execute("BEGIN IMMEDIATE")
         try:
-            if not write:
-                return body(db)
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                result = body(db)
-            except BaseException:
-                db.rollback()
-                raise
+            if len(bodies) == 1:  # alone: its failure is the transaction's
+                outcomes.append((bodies[0](db), None))
+            for body in bodies if len(bodies) > 1 else []:
+                db.execute("SAVEPOINT write")
+                try:
+                    outcomes.append((body(db), None))
+                except Exception as exc:
+                    db.execute("ROLLBACK TO write")
+                    if isinstance(exc, sqlite3.Error):
+                        exc = StoreError(f"SQLite store {self.path}: {exc}")
+                    outcomes.append((None, exc))
+                db.execute("RELEASE write")
             db.commit()
-            return result
-        except sqlite3.Error as exc:
-            raise StoreError(f"SQLite store {self.path}: {exc}") from exc
+        except BaseException:
+            db.rollback()
+            raise
+        return outcomes
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

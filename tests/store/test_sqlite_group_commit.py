@@ -1,0 +1,123 @@
+"""SQLite group commit: writes queued behind a busy store thread commit in one
+transaction, each in its own savepoint, so one that fails changes nothing and
+the others still commit."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.store.base import Conflict, NotFound, StoreError
+from engine.store.sqlite import SqliteStore
+
+from .test_conformance import diamond
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    opened = SqliteStore(tmp_path / "flowrunner.db")
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+async def queued_behind_a_busy_thread(
+    store: SqliteStore, writes: list[Callable[[], Awaitable[Any]]], cancel: int | None = None
+) -> tuple[list[Any], list[str]]:
+    """Run ``writes`` concurrently while the store's thread is held busy, so they all queue;
+    the outcome of each (result or exception) and the transaction statements executed."""
+    statements: list[str] = []
+    busy, release = threading.Event(), threading.Event()
+
+    def hold(db: sqlite3.Connection) -> None:
+        db.set_trace_callback(statements.append)
+        busy.set()
+        release.wait(10)
+
+    holding = asyncio.ensure_future(store._call(hold, write=False))
+    await asyncio.to_thread(busy.wait, 10)
+    tasks = [asyncio.ensure_future(write()) for write in writes]
+    await asyncio.sleep(0.05)  # every task has queued its write
+    if cancel is not None:
+        tasks[cancel].cancel()
+    release.set()
+    await holding
+    outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    await store._call(lambda db: db.set_trace_callback(None), write=False)
+    transactions = [s for s in statements if s in ("BEGIN IMMEDIATE", "COMMIT", "ROLLBACK")]
+    return outcomes, transactions
+
+
+async def test_queued_writes_commit_together_and_a_failing_one_changes_nothing(
+    store: SqliteStore,
+) -> None:
+    await store.create_run(diamond("r0"), now=1.0)
+    await store.create_run(diamond("keyed", idempotency_key="k", request_hash="x"), now=1.0)
+
+    def change_then_fail(db: sqlite3.Connection) -> None:
+        db.execute("UPDATE runs SET model = 'changed' WHERE id = 'r0'")
+        raise ValueError("the write's own mistake")
+
+    def bad_sql(db: sqlite3.Connection) -> None:
+        db.execute("UPDATE runs SET model = 'changed' WHERE id = 'r0'")
+        db.execute("INSERT INTO no_such_table VALUES (1)")
+
+    outcomes, transactions = await queued_behind_a_busy_thread(
+        store,
+        [
+            lambda: store.create_run(diamond("r1"), now=2.0),
+            lambda: store._call(change_then_fail),
+            lambda: store.create_run(diamond("r2", idempotency_key="k", request_hash="y"), 2.0),
+            lambda: store._call(bad_sql),
+            lambda: store.create_run(diamond("r3"), now=2.0),
+        ],
+    )
+    assert transactions == ["BEGIN IMMEDIATE", "COMMIT"]  # one transaction for all five
+    first, failed, conflict, broken, last = outcomes
+    assert (first, last) == (("r1", True), ("r3", True))
+    assert isinstance(failed, ValueError)
+    assert isinstance(conflict, Conflict)
+    assert isinstance(broken, StoreError) and "no_such_table" in broken.message
+    assert (await store.get_run("r0")).model == "m"  # both failed writes were rolled back
+    for run_id in ("r1", "r3"):
+        assert [s.id for s in await store.get_steps(run_id)] == ["a", "b", "c", "d"]
+        assert [e.id for e in await store.events(run_id)] == [1]
+    with pytest.raises(NotFound):
+        await store.get_run("r2")
+
+
+async def test_a_write_alone_fails_as_its_transaction(store: SqliteStore) -> None:
+    def change_then_fail(db: sqlite3.Connection) -> None:
+        db.execute("UPDATE runs SET model = 'changed' WHERE id = 'r0'")
+        raise ValueError("no")
+
+    await store.create_run(diamond("r0"), now=1.0)
+    outcomes, transactions = await queued_behind_a_busy_thread(
+        store, [lambda: store._call(change_then_fail)]
+    )
+    assert isinstance(outcomes[0], ValueError)
+    assert transactions == ["BEGIN IMMEDIATE", "ROLLBACK"]
+    assert (await store.get_run("r0")).model == "m"
+
+
+async def test_a_write_cancelled_before_the_thread_takes_it_is_not_made(
+    store: SqliteStore,
+) -> None:
+    outcomes, _ = await queued_behind_a_busy_thread(
+        store,
+        [
+            lambda: store.create_run(diamond("r1"), now=2.0),
+            lambda: store.create_run(diamond("r2"), now=2.0),
+        ],
+        cancel=1,
+    )
+    assert outcomes[0] == ("r1", True)
+    assert isinstance(outcomes[1], asyncio.CancelledError)
+    with pytest.raises(NotFound):
+        await store.get_run("r2")
