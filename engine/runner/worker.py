@@ -114,6 +114,9 @@ class Worker:
                         await self._finish_runs(now)
                         await self._expire_gates(now)
                         swept_at = now
+                    # Cleared before the claim, not before the sleep: a step that ends while
+                    # the claim is in flight sets it, and the sleep below must not miss that.
+                    self.wake.clear()
                     claimed = await self._claim(now)
                     if until is not None and await until():
                         break
@@ -138,7 +141,6 @@ class Worker:
         self.wake.set()
 
     async def _sleep(self) -> None:
-        self.wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.wake.wait(), self.settings.poll_seconds)
 

@@ -1271,3 +1271,51 @@ async def test_a_launch_lists_every_problem_and_applies_defaults(
     run = await store.get_run(run_id)
     assert run.inputs == {"question": "why", "count": 2, "level": "low", "tags": []}
     assert run.band == "quick"
+
+
+class SlowEmptyClaims(SqliteStore):
+    """The real store, except that a claim with no room for code steps returns only after
+    the running code step has finished (its worker's wake-up comes during the claim)."""
+
+    finished: asyncio.Event
+
+    async def claim(self, worker: str, now: float, lease: float, capacity: Any, *rest: Any):  # type: ignore[no-untyped-def]
+        if capacity.others == 0:
+            await asyncio.wait_for(self.finished.wait(), 10)
+            await asyncio.sleep(0.05)  # the step's task has ended and set the wake-up
+            self.finished.clear()
+        return await super().claim(worker, now, lease, capacity, *rest)
+
+    async def complete_step(self, *args: Any, **kwargs: Any):  # type: ignore[no-untyped-def]
+        settled = await super().complete_step(*args, **kwargs)
+        self.finished.set()
+        return settled
+
+
+async def test_a_wake_up_during_a_claim_is_not_lost(kit: ProjectKit, tmp_path: Path) -> None:
+    """A step that ends while the worker's claim is in flight wakes the worker: it does not
+    wait for the poll to find the steps that slot can now run."""
+    kit.env(max_code=1, poll_seconds=10)
+    module = kit.code("def noop(ctx):\n    return 'ok'\n")
+    checked = kit.checked(
+        f"""
+        version: 1
+        name: fan
+        steps:
+          - {{id: root, kind: code, call: "{module}:noop"}}
+          - {{id: a, kind: code, call: "{module}:noop", needs: [root]}}
+          - {{id: b, kind: code, call: "{module}:noop", needs: [root]}}
+          - {{id: c, kind: code, call: "{module}:noop", needs: [root]}}
+        """
+    )
+    store = SlowEmptyClaims(tmp_path / "slow.db")
+    store.finished = asyncio.Event()
+    await store.open()
+    try:
+        run_id = await launch(kit, store, checked)
+        started = time.monotonic()
+        details = await finish(kit, store, run_id, scripted("-"), timeout=8)
+        assert statuses(details) == dict.fromkeys(["root", "a", "b", "c"], "completed")
+        assert time.monotonic() - started < 5  # not one 10 s poll
+    finally:
+        await store.close()

@@ -125,9 +125,14 @@ WHERE run_id = $1 AND id > $2 ORDER BY id LIMIT $3;
 -- name: claim_probe
 -- What a claim could take: ready steps, steps whose lease expired. One round trip, no
 -- transaction, no locks.
+-- (steps_ready leads with `agent`: one range per kind.)
 SELECT EXISTS (
     SELECT 1 FROM steps s JOIN runs r ON r.id = s.run_id
-    WHERE s.status = 'pending' AND s.waiting_on = 0 AND s.ready_at <= $1
+    WHERE s.agent AND s.status = 'pending' AND s.waiting_on = 0 AND s.ready_at <= $1
+      AND r.status = 'running' AND NOT s.excluded AND ($2::text IS NULL OR s.run_id = $2)
+) OR EXISTS (
+    SELECT 1 FROM steps s JOIN runs r ON r.id = s.run_id
+    WHERE NOT s.agent AND s.status = 'pending' AND s.waiting_on = 0 AND s.ready_at <= $1
       AND r.status = 'running' AND NOT s.excluded AND ($2::text IS NULL OR s.run_id = $2)
 ) AS ready, EXISTS (
     SELECT 1 FROM steps s JOIN runs r ON r.id = s.run_id
@@ -142,15 +147,22 @@ SELECT EXISTS (
 -- step_started events, leave the receipt ($7) and hold its lock ($8). The runs are
 -- locked first, in id order (the lock order of every write: a claim may wait for a
 -- settlement of the same run, about a millisecond, never deadlock); steps another claim
--- holds are skipped.
+-- holds are skipped. The runs to lock: those of the first $3 ready agent steps and the
+-- first $4 others, each a range of steps_ready (which leads with `agent`), so neither kind
+-- is found by reading past the other.
 WITH ready_runs AS (
     SELECT run_id FROM (
-        SELECT s.run_id FROM steps s
-        WHERE s.status = 'pending' AND s.waiting_on = 0 AND s.ready_at <= $1 AND NOT s.excluded
-          AND ($2::text IS NULL OR s.run_id = $2)
-          AND CASE WHEN s.agent THEN $3 > 0 ELSE $4 > 0 END
-        ORDER BY s.ready_at
-        LIMIT $3 + $4
+        (SELECT s.run_id FROM steps s
+         WHERE s.agent AND s.status = 'pending' AND s.waiting_on = 0 AND s.ready_at <= $1
+           AND NOT s.excluded AND ($2::text IS NULL OR s.run_id = $2)
+         ORDER BY s.ready_at
+         LIMIT $3)
+        UNION ALL
+        (SELECT s.run_id FROM steps s
+         WHERE NOT s.agent AND s.status = 'pending' AND s.waiting_on = 0 AND s.ready_at <= $1
+           AND NOT s.excluded AND ($2::text IS NULL OR s.run_id = $2)
+         ORDER BY s.ready_at
+         LIMIT $4)
     ) AS first_ready
     GROUP BY run_id
 ), locked AS (

@@ -59,7 +59,7 @@ CREATE TABLE steps (
     finished_at DOUBLE PRECISION,
     PRIMARY KEY (run_id, step_id)
 );
-CREATE INDEX steps_ready ON steps (ready_at) WHERE status = 'pending' AND waiting_on = 0;
+CREATE INDEX steps_ready ON steps (agent, ready_at) WHERE status = 'pending' AND waiting_on = 0;
 CREATE INDEX steps_leased ON steps (lease_expires) WHERE status = 'running';
 CREATE INDEX steps_gates ON steps (deadline) WHERE status = 'waiting';
 
