@@ -375,3 +375,17 @@ async def test_a_silently_dead_connection_does_not_hang_a_call(
             await call
     assert done, "get_run still waits, 3 s after its connection went silent"
     assert call.result().status is RunStatus.RUNNING
+
+
+async def test_server_settings_in_the_url_reach_every_connection(
+    open_store: OpenStore, url: str
+) -> None:
+    """What scaling.md offers for speed: `?synchronous_commit=off` in the database URL."""
+    store = await open_store(f"{url}&synchronous_commit=off", pool_size=2)
+    assert store._pool is not None
+    async with store._pool.acquire() as first, store._pool.acquire() as second:
+        for conn in (first, second):
+            assert await conn.fetchval("SHOW synchronous_commit") == "off"
+            assert await conn.fetchval("SHOW application_name") == "flowrunner"
+    run_id, _ = await store.create_run(wide("r1", 3), now=1.0)
+    assert (await store.get_run(run_id)).unsettled == 3
