@@ -33,6 +33,7 @@ from pathlib import Path
 import asyncpg
 
 from engine.agents import ScriptedBackend
+from engine.cli.common import run_async
 from engine.config import Project
 from engine.lint import check_file
 from engine.runner import service
@@ -248,4 +249,4 @@ def peers(python: str, size: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run_async(main())  # on uvloop, as `flowrunner worker` runs

@@ -200,7 +200,7 @@ class Worker:
         self.active[_key(claim)] = (claim, task)
 
     async def _execute(self, claim: Claim) -> None:
-        wake = True
+        wake, refilled = True, False
         try:
             state = await self._state(claim.run_id)
             await self._ensure_views(state, state.needed(claim.step_id))
@@ -215,7 +215,7 @@ class Worker:
                     outcome = await self.executor.run(state, claim, self._backend_for(state), load)
             except TimeoutError:
                 raise AttemptFailed(f"timed out after {step.timeout:g}s") from None
-            wake = await self._record(state, claim, outcome)
+            wake, refilled = await self._record(state, claim, outcome)
         except AttemptFailed as exc:
             await self._failed(claim, exc.message, retryable=True)
         except StepFailed as exc:
@@ -230,18 +230,23 @@ class Worker:
         finally:
             self.active.pop(_key(claim), None)
             self.writing.discard(_key(claim))
-            if wake or self.saturated:  # else nothing new to claim: no need to look
+            # Look for work when the settlement left some, or when the last claim was full
+            # and this step freed a slot (not when an eager claim took the slot at once).
+            if wake or (self.saturated and not refilled):
                 self.wake.set()
             self.publish({"run_id": claim.run_id, "step_id": claim.step_id, "event": "changed"})
 
-    async def _record(self, state: RunState, claim: Claim, outcome: Done | Skip | Wait) -> bool:
-        """Write an attempt's outcome; whether the claim loop should look for work now (a
-        settlement that left nothing ready and did not end its run gave it none)."""
+    async def _record(
+        self, state: RunState, claim: Claim, outcome: Done | Skip | Wait
+    ) -> tuple[bool, bool]:
+        """Write an attempt's outcome. Returns whether the claim loop should look for work
+        now (a settlement that left nothing ready and did not end its run gave it none), and
+        whether the settlement's eager claims took the slot this step freed."""
         self.writing.add(_key(claim))
         now = self.clock()
         if isinstance(outcome, Wait):
             await self.store.wait_for_gate(claim, outcome.message, outcome.deadline, now)
-            return True
+            return True, False
         others = sum(c.kind != "agent" and c != claim for c, _ in self.active.values())
         eager = Eager(self.id, self.settings.lease_seconds, self.settings.max_code - others)
         if isinstance(outcome, Done):
@@ -252,14 +257,15 @@ class Worker:
             settled = await self.store.skip_step(claim, outcome.reason, now, eager)
             view = StepView("skipped", "", {}, None, True)
         if settled is None:
-            return True
+            return True, False
         state.views[claim.step_id] = view
         for taken in settled.claims:
             self._start(taken)
+        refilled = claim.kind != "agent" and bool(settled.claims)  # eager claims: code, gates
         if settled.unsettled == 0:
             await self._finish_run(claim.run_id, self.clock())
-            return True
-        return settled.ready_left
+            return True, refilled
+        return settled.ready_left, refilled
 
     async def _failed(self, claim: Claim, error: str, retryable: bool) -> None:
         self.writing.add(_key(claim))

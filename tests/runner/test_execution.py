@@ -1319,3 +1319,38 @@ async def test_a_wake_up_during_a_claim_is_not_lost(kit: ProjectKit, tmp_path: P
         assert time.monotonic() - started < 5  # not one 10 s poll
     finally:
         await store.close()
+
+
+class CountingClaims(SqliteStore):
+    """The real store, counting the claims a worker makes."""
+
+    claims = 0
+
+    async def claim(self, *args: Any, **kwargs: Any):  # type: ignore[no-untyped-def]
+        self.claims += 1
+        return await super().claim(*args, **kwargs)
+
+
+async def test_a_step_whose_slot_an_eager_claim_refilled_does_not_send_the_worker_looking(
+    kit: ProjectKit, tmp_path: Path
+) -> None:
+    """With its code slot full (so its last claim was full), a worker running a chain of
+    code steps still finds each next step through the settlement's eager claim, not
+    through a claim after every step."""
+    kit.env(max_code=1)
+    module = kit.code("def noop(ctx):\n    return 'ok'\n")
+    steps = "\n".join(
+        f'  - {{id: s{i}, kind: code, call: "{module}:noop"'
+        + (f", needs: [s{i - 1}]}}" if i else "}")
+        for i in range(12)
+    )
+    checked = kit.checked(f"version: 1\nname: chain\nsteps:\n{steps}\n")
+    store = CountingClaims(tmp_path / "counting.db")
+    await store.open()
+    try:
+        run_id = await launch(kit, store, checked)
+        details = await finish(kit, store, run_id, scripted("-"))
+        assert set(statuses(details).values()) == {"completed"}
+        assert store.claims < 6  # one after each of the 12 steps before
+    finally:
+        await store.close()
