@@ -62,12 +62,25 @@ async def launches(base: str, count: int, clients: int) -> list[float]:
     return latencies
 
 
-def summary(label: str, latencies: list[float], seconds: float) -> None:
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of process ``pid`` so far; 0 where /proc is missing."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def summary(label: str, latencies: list[float], seconds: float, cpu: float) -> None:
     ordered = sorted(latencies)
     p50 = statistics.median(ordered) * 1000
     p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
     rate = len(ordered) / seconds
-    print(f"{label:<24} {rate:>9.0f}/s   p50 {p50:>7.2f} ms   p99 {p99:>7.2f} ms")
+    per_launch = cpu / len(ordered) * 1000
+    print(
+        f"{label:<24} {rate:>9.0f}/s   p50 {p50:>7.2f} ms   p99 {p99:>7.2f} ms"
+        f"   server CPU {per_launch:.2f} ms/launch"
+    )
 
 
 async def sse_latency(base: str, samples: int) -> list[float]:
@@ -124,9 +137,11 @@ async def main() -> None:
                     except httpx.TransportError:
                         await asyncio.sleep(0.1)
             for clients in (1, 20):
-                started = time.perf_counter()
+                started, cpu = time.perf_counter(), cpu_seconds(server.pid)
                 latencies = await launches(base, args.launches, clients)
-                summary(f"launch, {clients} client(s)", latencies, time.perf_counter() - started)
+                elapsed = time.perf_counter() - started
+                used = cpu_seconds(server.pid) - cpu
+                summary(f"launch, {clients} client(s)", latencies, elapsed, used)
             if args.serve:
                 return  # no worker: no events to deliver
             delivered = await sse_latency(base, 20)
