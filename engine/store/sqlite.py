@@ -11,6 +11,7 @@ that queue up behind a busy thread commit together (see ``_call``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import threading
@@ -208,7 +209,12 @@ class SqliteStore(Store):
             self._writes.append((body, future))
             first = len(self._writes) == 1
         if first:  # the thread takes every write queued by the time it starts
-            self._thread.submit(self._commit_writes, loop)
+            try:
+                self._thread.submit(self._commit_writes, loop)
+            except RuntimeError:  # the store was closed: its thread is gone
+                with self._writes_lock:
+                    self._writes.clear()
+                raise StoreError("the store is not open") from None
         return await future
 
     def _read_body(self, body: Callable[[Db], T]) -> T:
@@ -231,7 +237,8 @@ class SqliteStore(Store):
             if isinstance(exc, sqlite3.Error):
                 exc = StoreError(f"SQLite store {self.path}: {exc}")
             outcomes = [(None, exc)] * len(writes)
-        loop.call_soon_threadsafe(_deliver, [future for _, future in writes], outcomes)
+        with contextlib.suppress(RuntimeError):  # a loop closed meanwhile has no one waiting
+            loop.call_soon_threadsafe(_deliver, [future for _, future in writes], outcomes)
 
     def _transaction(self, bodies: list[Callable[[Db], Any]]) -> list[Outcome]:
         db = self._db

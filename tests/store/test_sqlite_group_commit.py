@@ -121,3 +121,12 @@ async def test_a_write_cancelled_before_the_thread_takes_it_is_not_made(
     assert isinstance(outcomes[1], asyncio.CancelledError)
     with pytest.raises(NotFound):
         await store.get_run("r2")
+
+
+async def test_a_write_after_close_is_a_store_error(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "flowrunner.db")
+    await store.open()
+    await store.close()
+    for _ in range(2):  # and stays one: nothing is left queued
+        with pytest.raises(StoreError, match="not open"):
+            await store.create_run(diamond("r1"), now=1.0)
