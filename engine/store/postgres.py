@@ -207,6 +207,19 @@ async def _same(value: Any) -> Any:
 PLAIN = _Receipt(lambda value: value, _same)
 
 
+@dataclass(slots=True)
+class _Settlement:
+    """A step's result waiting to be settled (see PostgresStore._settle_step)."""
+
+    claim: Claim
+    values: tuple[str, str, str, str | None, str | None, bool]
+    event: str
+    payload: dict[str, Any]
+    now: float
+    eager: Eager | None
+    future: asyncio.Future[Settled | None]
+
+
 class PostgresStore(Store):
     """The PostgreSQL implementation of :class:`Store`."""
 
@@ -225,6 +238,8 @@ class PostgresStore(Store):
         self.retry_seconds = retry_seconds
         self.connect_timeout = connect_timeout
         self._expiry_checked = -math.inf
+        self._settling: dict[str, list[_Settlement]] = {}
+        self._settlers: dict[str, asyncio.Task[None]] = {}
         self._pool: asyncpg.Pool | None = None
         self._subscribers: list[tuple[Callable[[str], None], bool]] = []
         self._listener: asyncio.Task[None] | None = None
@@ -266,6 +281,10 @@ class PostgresStore(Store):
             raise StoreError(f"cannot open the PostgreSQL store: {_describe(exc)}") from exc
 
     async def close(self) -> None:
+        for settler in list(self._settlers.values()):  # their waiting results fail
+            settler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await settler
         if self._announcer is not None:
             self._announcer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -736,36 +755,146 @@ class PostgresStore(Store):
         scripted) and settle it in one statement, committed on its own: the run's lock is
         held for that statement only, never across a round trip to this process. Steps
         excluded by the band that it reaches are settled right after (see
-        :meth:`_reach_excluded`)."""
+        :meth:`_reach_excluded`).
+
+        Results for a run that arrive while a settlement of it is in flight from this
+        process wait for it, then settle together in one statement: one lock of the run
+        and one commit for all of them (a fan-out's steps would otherwise take the run's
+        lock one at a time)."""
+        future: asyncio.Future[Settled | None] = asyncio.get_running_loop().create_future()
+        queue = self._settling.setdefault(claim.run_id, [])
+        queue.append(_Settlement(claim, values, event, dict(payload), now, eager, future))
+        if claim.run_id not in self._settlers:
+            self._settlers[claim.run_id] = asyncio.create_task(self._settle_run(claim.run_id))
+        return await future
+
+    async def _settle_run(self, run_id: str) -> None:
+        """Settle what is queued for ``run_id``, in batches, until nothing is."""
+        batch: list[_Settlement] = []
+        try:
+            while queued := self._settling.pop(run_id, None):
+                batch = [item for item in queued if not item.future.done()]
+                if not batch:
+                    continue
+                try:
+                    if len(batch) == 1:
+                        results = [await self._settle_one(batch[0])]
+                    else:
+                        results = await self._settle_many(run_id, batch)
+                except Exception as exc:
+                    for item in batch:
+                        if not item.future.done():
+                            item.future.set_exception(exc)
+                    continue
+                for item, result in zip(batch, results, strict=True):
+                    if not item.future.done():
+                        item.future.set_result(result)
+        finally:
+            self._settlers.pop(run_id, None)
+            for item in batch + self._settling.pop(run_id, []):  # cancelled: the store closes
+                if not item.future.done():
+                    item.future.set_exception(StoreError("the store is closing"))
+
+    async def _settle_one(self, item: _Settlement) -> Settled | None:
+        claim, eager, now = item.claim, item.eager, item.now
         worker = eager.worker if eager is not None else None
         expires = now + eager.lease if eager is not None else None
         others = max(eager.others, 0) if eager is not None else 0
 
         async def settle(conn: Conn, token: str) -> list[asyncpg.Record] | Settled:
-            args = (now, worker, expires, others, event, as_json(dict(payload)), token)
+            args = (now, worker, expires, others, item.event, as_json(item.payload), token)
             return await conn.fetch(
-                Q["settle_step"], *_fence(claim), *values, *args, _lock_key(token)
+                Q["settle_step"], *_fence(claim), *item.values, *args, _lock_key(token)
             )
 
         async def adopt() -> list[asyncpg.Record] | Settled:
             return await self._adopt(claim.run_id, worker)
 
-        outcome = await self._statement(event, settle, adopt)
+        outcome = await self._statement(item.event, settle, adopt)
         if not isinstance(outcome, list):
             return outcome
         if not outcome:
-            stale = {"worker": claim.worker, "attempt": claim.attempt}
-            await self.append_event(claim.run_id, claim.step_id, "stale_result_refused", stale, now)
+            await self._refuse(item)
             return None
-        taken = sorted((row for row in outcome if row["taken"]), key=_position)
+        return await self._settled(claim.run_id, outcome, worker, now)
+
+    async def _settle_many(self, run_id: str, batch: list[_Settlement]) -> list[Settled | None]:
+        """One statement for several results of one run (see :meth:`_settle_step`). The
+        eager claims go to the first of them, which frees one of the slots they fill."""
+        now = max(item.now for item in batch)
+        eagers = [item.eager for item in batch if item.eager is not None]
+        worker = eagers[0].worker if eagers else None
+        expires = now + eagers[0].lease if eagers else None
+        # each counted the others' slots as busy: together they free one slot each
+        others = max(min(e.others for e in eagers), 0) + len(eagers) - 1 if eagers else 0
+        steps = [item.claim.step_id for item in batch]
+        attempts = [item.claim.attempt for item in batch]
+        columns = [list(column) for column in zip(*(item.values for item in batch), strict=True)]
+
+        async def settle(conn: Conn, token: str) -> tuple[list[asyncpg.Record], None]:
+            rows = await conn.fetch(
+                Q["settle_steps"],
+                run_id,
+                steps,
+                [item.claim.worker for item in batch],
+                attempts,
+                *columns,
+                now,
+                worker,
+                expires,
+                others,
+                [item.event for item in batch],
+                [as_json(item.payload) for item in batch],
+                token,
+                _lock_key(token),
+            )
+            return rows, None
+
+        async def adopt() -> tuple[list[asyncpg.Record], Settled]:
+            settled = await self._fetch("settled_attempts", run_id, steps, attempts)
+            return settled, await self._adopt(run_id, worker)
+
+        rows, adopted = await self._statement("settle", settle, adopt)
+        if adopted is not None:
+            done = {row["step_id"] for row in rows}
+            result: Settled = adopted
+        elif rows:
+            done = set(rows[0]["settled"])
+            result = await self._settled(run_id, rows, worker, now)
+        else:
+            done, result = set(), Settled(0, (), True)
+        results: list[Settled | None] = []
+        claims = result.claims
+        for item in batch:
+            if item.claim.step_id not in done:
+                await self._refuse(item)
+                results.append(None)
+                continue
+            results.append(Settled(result.unsettled, claims, result.ready_left))
+            claims = ()  # the eager claims are handed out once
+        return results
+
+    async def _settled(
+        self, run_id: str, rows: list[asyncpg.Record], worker: str | None, now: float
+    ) -> Settled:
+        """A settlement's outcome from its rows (its dependents, with the run's count)."""
+        taken = sorted((row for row in rows if row["taken"]), key=_position)
         claims = _claims(taken, worker) if worker else ()
-        unsettled: int = outcome[0]["unsettled"]
-        ready_left = any(_ready(row) and not row["taken"] for row in outcome)
-        if any(_reached_excluded(row) for row in outcome):
-            unsettled = await self._reach_excluded(claim.run_id, now)
+        unsettled: int = rows[0]["unsettled"]
+        ready_left = any(_ready(row) and not row["taken"] for row in rows)
+        if any(_reached_excluded(row) for row in rows):
+            unsettled = await self._reach_excluded(run_id, now)
             ready_left = True  # what the excluded steps made ready is not known here
-        self._announce([claim.run_id], work=ready_left)
+        self._announce([run_id], work=ready_left)
         return Settled(unsettled, claims, ready_left)
+
+    async def _refuse(self, item: _Settlement) -> None:
+        """Log a result whose fence did not hold (the lease was lost, the run ended)."""
+        claim = item.claim
+        stale = {"worker": claim.worker, "attempt": claim.attempt}
+        await self.append_event(
+            claim.run_id, claim.step_id, "stale_result_refused", stale, item.now
+        )
 
     async def _reach_excluded(self, run_id: str, now: float) -> int:
         """Settle the band-excluded steps of a run whose needs have all settled (and what that

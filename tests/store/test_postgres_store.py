@@ -389,3 +389,82 @@ async def test_server_settings_in_the_url_reach_every_connection(
             assert await conn.fetchval("SHOW application_name") == "flowrunner"
     run_id, _ = await store.create_run(wide("r1", 3), now=1.0)
     assert (await store.get_run(run_id)).unsettled == 3
+
+
+# Results of one run settled together
+
+
+def join(run_id: str = "r1") -> NewRun:
+    """x and y, then z, which needs both."""
+    steps = [
+        NewStep("x", "code", False, 0, 0, ("z",)),
+        NewStep("y", "code", False, 1, 0, ("z",)),
+        NewStep("z", "code", False, 2, 2),
+    ]
+    return NewRun(run_id, "join", None, "m", {}, "{}", "h", steps)
+
+
+async def claimed(store: PostgresStore) -> dict[str, Claim]:
+    return {c.step_id: c for c in await store.claim("w1", 1.0, 30, Capacity(0, 2), 3)}
+
+
+async def test_results_of_one_run_that_arrive_together_settle_in_one_statement(
+    open_store: OpenStore, admin: asyncpg.Connection[Any]
+) -> None:
+    store = await open_store()
+    await store.create_run(join(), 1.0)
+    held = await claimed(store)
+    receipts = await admin.fetchval("SELECT count(*) FROM commits")
+    first, second = await asyncio.gather(
+        store.complete_step(held["x"], StepResult("X"), 2.0, Eager("w1", 30, 1)),
+        store.complete_step(held["y"], StepResult("Y"), 2.0, Eager("w1", 30, 1)),
+    )
+    assert await admin.fetchval("SELECT count(*) FROM commits") == receipts + 1
+    assert first is not None and second is not None
+    # z lost both needs at once; the slots the two freed let the first take it eagerly
+    assert [(c.step_id, c.worker) for c in first.claims] == [("z", "w1")]
+    assert (first.unsettled, second.unsettled, second.claims) == (1, 1, ())
+    events = [(e.step_id, e.event) for e in await store.events("r1")]
+    assert events[-3:] == [("x", "step_completed"), ("y", "step_completed"), ("z", "step_started")]
+    assert [e.id for e in await store.events("r1")] == list(range(1, 7))
+    steps = await steps_by_id(store, "r1")
+    assert (steps["x"].output, steps["y"].output, steps["z"].status) == ("X", "Y", "running")
+    assert await store.complete_step(first.claims[0], StepResult("Z"), 3.0) is not None
+    assert (await store.get_run("r1")).unsettled == 0
+
+
+async def test_a_stale_result_in_a_batch_is_refused_alone(open_store: OpenStore) -> None:
+    store = await open_store()
+    await store.create_run(join(), 1.0)
+    held = await claimed(store)
+    stale = Claim("r1", "y", "code", 2, 0, "w1")  # an attempt this worker does not hold
+    settled, refused = await asyncio.gather(
+        store.complete_step(held["x"], StepResult("X"), 2.0, Eager("w1", 30, 1)),
+        store.complete_step(stale, StepResult("Y"), 2.0, Eager("w1", 30, 1)),
+    )
+    assert settled is not None and settled.claims == () and refused is None
+    assert settled.unsettled == 2
+    names = await event_names(store)
+    assert names[-2:] == ["step_completed", "stale_result_refused"]
+    steps = await steps_by_id(store, "r1")
+    assert (steps["y"].status, steps["z"].status) == (StepStatus.RUNNING, StepStatus.PENDING)
+
+
+async def test_a_batch_whose_ack_is_lost_is_recorded_once(
+    proxy: Proxy, open_store: OpenStore
+) -> None:
+    store = await open_store(proxy.url)
+    await store.create_run(join(), 1.0)
+    held = await claimed(store)
+    await asyncio.sleep(0.1)  # the claim's wake-up (NOTIFY, sent just after it) has gone
+    proxy.drop_statement_ack()
+    first, second = await asyncio.gather(
+        store.complete_step(held["x"], StepResult("X"), 2.0, Eager("w1", 30, 1)),
+        store.complete_step(held["y"], StepResult("Y"), 2.0, Eager("w1", 30, 1)),
+    )
+    assert proxy.fired == 1
+    assert first is not None and second is not None  # both known recorded, by the receipt
+    assert [c.step_id for c in first.claims] == ["z"]  # adopted: leased to w1 in the run
+    names = await event_names(store)
+    assert names.count("step_completed") == 2 and names.count("stale_result_refused") == 0
+    assert (await store.get_run("r1")).unsettled == 1

@@ -365,6 +365,91 @@ WITH done AS (
 SELECT run.unsettled, pg_advisory_xact_lock($18) AS held, dependent.*
 FROM run LEFT JOIN dependent ON true;
 
+-- name: settle_steps
+-- settle_step for several steps of one run ($1) whose results arrived together: arrays
+-- of step ($2), lease owner ($3), attempt ($4), status, output, fields, data, input,
+-- scripted ($5..$10), event and payload ($15, $16); the rest as settle_step. One lock of
+-- the run and one commit for all of them. A dependent of several of them loses as many
+-- needs; each step whose fence holds is settled and logged in the order given.
+-- No row when no fence holds; else rows as settle_step, each with `settled`, the steps
+-- settled.
+WITH given AS (
+    SELECT * FROM unnest($2::text[], $3::text[], $4::int[], $5::text[], $6::text[],
+                         $7::text[], $8::text[], $9::text[], $10::bool[], $15::text[],
+                         $16::text[])
+        WITH ORDINALITY AS g(step_id, owner, attempt, status, output, fields, data, input,
+                             scripted, event, payload, nth)
+), done AS (
+    UPDATE steps
+    SET status = g.status, output = g.output, fields = g.fields, data = g.data,
+        input = coalesce(g.input, steps.input), scripted = g.scripted, error = NULL,
+        lease_owner = NULL, lease_expires = NULL, finished_at = $11
+    FROM given g
+    WHERE steps.run_id = (SELECT id FROM runs WHERE id = $1 FOR UPDATE)
+      AND steps.step_id = g.step_id AND steps.status = 'running'
+      AND steps.lease_owner = g.owner AND steps.attempts = g.attempt
+    RETURNING steps.step_id, steps.dependents, g.nth, g.event, g.payload
+), needs AS (
+    SELECT d.step_id, count(*)::int AS n
+    FROM done CROSS JOIN LATERAL unnest(done.dependents) AS d(step_id)
+    GROUP BY d.step_id
+), candidate AS (
+    SELECT s.step_id, s.position, needs.n,
+           (s.waiting_on = needs.n AND s.status = 'pending' AND NOT s.agent
+            AND NOT s.excluded AND s.ready_at <= $11) AS ready_code
+    FROM needs CROSS JOIN LATERAL (
+        SELECT step_id, position, waiting_on, status, agent, excluded, ready_at
+        FROM steps WHERE run_id = $1 AND step_id = needs.step_id
+        LIMIT 1  -- keeps the lookup per dependent (not flattened into a run-wide join)
+    ) AS s
+), chosen AS (
+    SELECT step_id FROM candidate WHERE ready_code ORDER BY position LIMIT $14
+), dependent AS (
+    UPDATE steps
+    SET waiting_on = steps.waiting_on - candidate.n,
+        status = CASE WHEN chosen.step_id IS NULL THEN steps.status ELSE 'running' END,
+        attempts = steps.attempts + (chosen.step_id IS NOT NULL)::int,
+        lease_owner = CASE WHEN chosen.step_id IS NULL THEN steps.lease_owner ELSE $12 END,
+        lease_expires = CASE WHEN chosen.step_id IS NULL THEN steps.lease_expires ELSE $13 END,
+        started_at = CASE WHEN chosen.step_id IS NULL THEN steps.started_at
+                          ELSE coalesce(steps.started_at, $11) END
+    FROM candidate LEFT JOIN chosen ON chosen.step_id = candidate.step_id
+    WHERE steps.run_id = $1 AND steps.step_id = candidate.step_id
+    RETURNING steps.run_id, steps.step_id, steps.position, steps.waiting_on, steps.excluded,
+              steps.status, steps.dependents, steps.kind, steps.attempts, steps.failures,
+              chosen.step_id IS NOT NULL AS taken
+), taken AS (
+    SELECT count(*) AS n FROM dependent WHERE taken
+), settled AS (
+    SELECT count(*) AS n, array_agg(step_id) AS ids FROM done
+), run AS (
+    UPDATE runs
+    SET unsettled = unsettled - (SELECT n FROM settled), updated_at = $11,
+        last_event = last_event + (SELECT n FROM settled) + (SELECT n FROM taken)
+    WHERE id = $1 AND EXISTS (SELECT 1 FROM done)
+    RETURNING unsettled, last_event
+), logged AS (
+    INSERT INTO events (run_id, id, step_id, event, payload, at)
+    SELECT $1, run.last_event - taken.n - settled.n + row_number() OVER (ORDER BY done.nth),
+           done.step_id, done.event, done.payload, $11
+    FROM run, taken, settled, done
+    UNION ALL
+    SELECT $1, run.last_event - taken.n + row_number() OVER (ORDER BY d.position), d.step_id,
+           'step_started', json_build_object('attempt', d.attempts, 'worker', $12)::text, $11
+    FROM run, taken, dependent d WHERE d.taken
+), receipt AS (
+    INSERT INTO commits (token, result, at) SELECT $17, '"adopt"', $11 FROM run
+)
+SELECT run.unsettled, settled.ids AS settled, pg_advisory_xact_lock($18) AS held, dependent.*
+FROM run CROSS JOIN settled LEFT JOIN dependent ON true;
+
+-- name: settled_attempts
+-- Which of these steps ($2) of a run ($1) are settled at these attempts ($3): after a
+-- lost acknowledgement, which results of a batch settlement were recorded.
+SELECT s.step_id FROM steps s
+JOIN unnest($2::text[], $3::int[]) AS g(step_id, attempt) ON g.step_id = s.step_id
+WHERE s.run_id = $1 AND s.attempts = g.attempt AND s.status IN ('completed', 'skipped');
+
 -- name: retry_step
 UPDATE steps
 SET status = 'pending', ready_at = $5, failures = failures + 1, error = $6,
