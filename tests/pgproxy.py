@@ -31,7 +31,7 @@ from urllib.parse import urlsplit, urlunsplit
 COMMIT_ACK = b"C\x00\x00\x00\x0bCOMMIT\x00"
 SELECT_ACK = re.compile(rb"C\x00\x00\x00.SELECT \d+\x00", re.DOTALL)
 """The CommandComplete of a SELECT: the end of a statement (one that commits on its own
-outside a transaction block, like the store's settle_step)."""
+outside a transaction block, like the store's settle_steps)."""
 """CommandComplete for COMMIT, as the server sends it."""
 
 COMMIT_QUERY = b"Q\x00\x00\x00\x0cCOMMIT;\x00"

@@ -777,10 +777,7 @@ class PostgresStore(Store):
                 if not batch:
                     continue
                 try:
-                    if len(batch) == 1:
-                        results = [await self._settle_one(batch[0])]
-                    else:
-                        results = await self._settle_many(run_id, batch)
+                    results = await self._settle_batch(run_id, batch)
                 except Exception as exc:
                     for item in batch:
                         if not item.future.done():
@@ -795,32 +792,9 @@ class PostgresStore(Store):
                 if not item.future.done():
                     item.future.set_exception(StoreError("the store is closing"))
 
-    async def _settle_one(self, item: _Settlement) -> Settled | None:
-        claim, eager, now = item.claim, item.eager, item.now
-        worker = eager.worker if eager is not None else None
-        expires = now + eager.lease if eager is not None else None
-        others = max(eager.others, 0) if eager is not None else 0
-
-        async def settle(conn: Conn, token: str) -> list[asyncpg.Record] | Settled:
-            args = (now, worker, expires, others, item.event, as_json(item.payload), token)
-            return await conn.fetch(
-                Q["settle_step"], *_fence(claim), *item.values, *args, _lock_key(token)
-            )
-
-        async def adopt() -> list[asyncpg.Record] | Settled:
-            return await self._adopt(claim.run_id, worker)
-
-        outcome = await self._statement(item.event, settle, adopt)
-        if not isinstance(outcome, list):
-            return outcome
-        if not outcome:
-            await self._refuse(item)
-            return None
-        return await self._settled(claim.run_id, outcome, worker, now)
-
-    async def _settle_many(self, run_id: str, batch: list[_Settlement]) -> list[Settled | None]:
-        """One statement for several results of one run (see :meth:`_settle_step`). The
-        eager claims go to the first of them, which frees one of the slots they fill."""
+    async def _settle_batch(self, run_id: str, batch: list[_Settlement]) -> list[Settled | None]:
+        """One statement for results of one run (see :meth:`_settle_step`). The eager claims
+        go to the first of them, which frees one of the slots they fill."""
         now = max(item.now for item in batch)
         eagers = [item.eager for item in batch if item.eager is not None]
         worker = eagers[0].worker if eagers else None
@@ -854,7 +828,7 @@ class PostgresStore(Store):
             settled = await self._fetch("settled_attempts", run_id, steps, attempts)
             return settled, await self._adopt(run_id, worker)
 
-        rows, adopted = await self._statement("settle", settle, adopt)
+        rows, adopted = await self._statement(batch[0].event, settle, adopt)
         if adopted is not None:
             done = {row["step_id"] for row in rows}
             result: Settled = adopted

@@ -296,83 +296,22 @@ FROM steps s JOIN unnest($1::text[], $2::text[], $3::int[]) AS c(run_id, step_id
      ON s.run_id = c.run_id AND s.step_id = c.step_id AND s.attempts = c.attempt
 WHERE s.status = 'running' AND s.lease_owner = $4;
 
--- name: settle_step
--- A step's result, settled and recorded in one statement (the hot path of a run):
--- lock the run (the uncorrelated subquery runs first); complete or skip the step
--- if the fence ($3, $4) holds; take one need off each dependent, leasing at once
--- (to $12, until $13) up to $14 code steps and gates it makes ready; count the
--- step off the run; append its event ($15, $16) and the step_started events; leave
--- the receipt ($17, its result "adopt": see PostgresStore._adopt) and hold its lock
--- ($18, see receipt_lock).
--- No row when the fence does not hold; else one row per dependent (or one row of
--- NULLs), each with the run's unsettled count. A statement that waited for the run's
--- lock reads the steps as they were when it began: only `candidate` (which code steps
--- to take at once) can be stale, and only in the safe direction (a step is taken only
--- if its last need is this one); the UPDATEs act on the latest rows.
-WITH done AS (
-    UPDATE steps
-    SET status = $5, output = $6, fields = $7, data = $8, input = coalesce($9, input),
-        scripted = $10, error = NULL, lease_owner = NULL, lease_expires = NULL,
-        finished_at = $11
-    WHERE run_id = (SELECT id FROM runs WHERE id = $1 FOR UPDATE) AND step_id = $2
-      AND status = 'running' AND lease_owner = $3 AND attempts = $4
-    RETURNING dependents
-), candidate AS (
-    -- Each dependent by its primary key (a run-wide scan would make a step cost O(run)).
-    SELECT s.step_id, s.position,
-           (s.waiting_on = 1 AND s.status = 'pending' AND NOT s.agent AND NOT s.excluded
-            AND s.ready_at <= $11) AS ready_code
-    FROM done CROSS JOIN LATERAL unnest(done.dependents) AS d(step_id)
-    CROSS JOIN LATERAL (
-        SELECT step_id, position, waiting_on, status, agent, excluded, ready_at
-        FROM steps WHERE run_id = $1 AND step_id = d.step_id
-        LIMIT 1  -- keeps the lookup per dependent (not flattened into a run-wide join)
-    ) AS s
-), chosen AS (
-    SELECT step_id FROM candidate WHERE ready_code ORDER BY position LIMIT $14
-), dependent AS (
-    UPDATE steps
-    SET waiting_on = steps.waiting_on - 1,
-        status = CASE WHEN chosen.step_id IS NULL THEN steps.status ELSE 'running' END,
-        attempts = steps.attempts + (chosen.step_id IS NOT NULL)::int,
-        lease_owner = CASE WHEN chosen.step_id IS NULL THEN steps.lease_owner ELSE $12 END,
-        lease_expires = CASE WHEN chosen.step_id IS NULL THEN steps.lease_expires ELSE $13 END,
-        started_at = CASE WHEN chosen.step_id IS NULL THEN steps.started_at
-                          ELSE coalesce(steps.started_at, $11) END
-    FROM candidate LEFT JOIN chosen ON chosen.step_id = candidate.step_id
-    WHERE steps.run_id = $1 AND steps.step_id = candidate.step_id
-    RETURNING steps.run_id, steps.step_id, steps.position, steps.waiting_on, steps.excluded,
-              steps.status, steps.dependents, steps.kind, steps.attempts, steps.failures,
-              chosen.step_id IS NOT NULL AS taken
-), taken AS (
-    SELECT count(*) AS n FROM dependent WHERE taken
-), run AS (
-    UPDATE runs
-    SET unsettled = unsettled - 1, updated_at = $11,
-        last_event = last_event + 1 + (SELECT n FROM taken)
-    WHERE id = $1 AND EXISTS (SELECT 1 FROM done)
-    RETURNING unsettled, last_event
-), logged AS (
-    INSERT INTO events (run_id, id, step_id, event, payload, at)
-    SELECT $1, run.last_event - taken.n, $2, $15, $16, $11 FROM run, taken
-    UNION ALL
-    SELECT $1, run.last_event - taken.n + row_number() OVER (ORDER BY d.position), d.step_id,
-           'step_started', json_build_object('attempt', d.attempts, 'worker', $12)::text, $11
-    FROM run, taken, dependent d WHERE d.taken
-), receipt AS (
-    INSERT INTO commits (token, result, at) SELECT $17, '"adopt"', $11 FROM run
-)
-SELECT run.unsettled, pg_advisory_xact_lock($18) AS held, dependent.*
-FROM run LEFT JOIN dependent ON true;
-
 -- name: settle_steps
--- settle_step for several steps of one run ($1) whose results arrived together: arrays
--- of step ($2), lease owner ($3), attempt ($4), status, output, fields, data, input,
--- scripted ($5..$10), event and payload ($15, $16); the rest as settle_step. One lock of
--- the run and one commit for all of them. A dependent of several of them loses as many
--- needs; each step whose fence holds is settled and logged in the order given.
--- No row when no fence holds; else rows as settle_step, each with `settled`, the steps
--- settled.
+-- Steps' results, settled and recorded in one statement (the hot path of a run): the
+-- results of one run ($1) that arrived together, as arrays of step ($2), lease owner
+-- ($3), attempt ($4), status, output, fields, data, input, scripted ($5..$10), event and
+-- payload ($15, $16): one lock of the run and one commit for all of them.
+-- Lock the run (the uncorrelated subquery runs first); complete or skip each step whose
+-- fence (owner, attempt) holds; take from each dependent as many needs as it had among
+-- them, leasing at once (to $12, until $13) up to $14 code steps and gates they make
+-- ready; count the steps off the run; append their events in the order given, then the
+-- step_started events; leave the receipt ($17, its result "adopt": see
+-- PostgresStore._adopt) and hold its lock ($18, see receipt_lock).
+-- No row when no fence holds; else one row per dependent (or one row of NULLs), each with
+-- the run's unsettled count and `settled`, the steps settled. A statement that waited for
+-- the run's lock reads the steps as they were when it began: only `candidate` (which code
+-- steps to take at once) can be stale, and only in the safe direction (a step is taken
+-- only if its last needs are these); the UPDATEs act on the latest rows.
 WITH given AS (
     SELECT * FROM unnest($2::text[], $3::text[], $4::int[], $5::text[], $6::text[],
                          $7::text[], $8::text[], $9::text[], $10::bool[], $15::text[],
