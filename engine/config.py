@@ -132,8 +132,12 @@ class Project:
         path = Path(reference)
         if path.suffix in (".yaml", ".yml") or path.exists():
             return path
+        return self.named_flow(reference) or path
+
+    def named_flow(self, name: str) -> Path | None:
+        """``flows/NAME.yaml``, else ``flows/NAME.yml``, if it is a file."""
         for suffix in (".yaml", ".yml"):
-            candidate = self.flows_dir / f"{reference}{suffix}"
-            if candidate.is_file():
+            candidate = self.flows_dir / f"{name}{suffix}"
+            if os.path.isfile(candidate):  # False, not an error, for a name too long
                 return candidate
-        return path
+        return None

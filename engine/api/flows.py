@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -14,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from engine import errors
 from engine.api.context import Api, Context, Identity, plain_json
 from engine.lint import CheckedFlow, check_file, check_text, flow_files
-from engine.lint.pipeline import FLOW_SUFFIXES, LintReport
+from engine.lint.pipeline import LintReport
 from engine.runner import service
 from engine.schema import render as render_schema
 
@@ -37,11 +36,10 @@ class LaunchBody(BaseModel):
 def find(context: Api, name: str) -> Path:
     """``flows/NAME.yaml`` (or ``.yml``), as the CLI finds it; else the first file of that
     name in a subfolder. (``name`` is one path segment: it cannot leave ``flows/``.)"""
-    flows_dir = context.project.flows_dir
-    for suffix in FLOW_SUFFIXES:
-        if os.path.isfile(flows_dir / f"{name}{suffix}"):  # False for a name too long, too
-            return flows_dir / f"{name}{suffix}"
-    for path in flow_files([flows_dir]):
+    found = context.project.named_flow(name)
+    if found is not None:
+        return found
+    for path in flow_files([context.project.flows_dir]):
         if path.stem == name:
             return path
     raise errors.NotFound(f"no flow '{name}' in flows/")

@@ -95,12 +95,12 @@ TRANSIENT = (
 """Errors that end a connection (or the attempt to make one): reconnect and retry."""
 
 COMMAND_MARGIN = 1.0
+"""Seconds past the server's statement timeout after which the client gives up on a call:
+a connection that died without a word (no FIN, no RST) fails over instead of hanging."""
 
 EXPIRY_CHECK_SECONDS = 1.0
 """How often (by the claims' clock) a claim also looks for leases that expired: they are
 seconds old by then anyway, and in between a claim is one statement, not two."""
-"""Seconds past the server's statement timeout after which the client gives up on a call:
-a connection that died without a word (no FIN, no RST) fails over instead of hanging."""
 
 CONTENTION = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
 """Errors after which the whole transaction was rolled back and may simply run again."""

@@ -223,7 +223,13 @@ class SqliteStore(Store):
         try:
             return body(self._db)
         except sqlite3.Error as exc:
-            raise StoreError(f"SQLite store {self.path}: {exc}") from exc
+            raise self._error(exc) from exc
+
+    def _error(self, exc: BaseException) -> BaseException:
+        """An exception as the caller gets it: SQLite's own errors become StoreError."""
+        if isinstance(exc, sqlite3.Error):
+            return StoreError(f"SQLite store {self.path}: {exc}")
+        return exc
 
     def _commit_writes(self, loop: asyncio.AbstractEventLoop) -> None:
         with self._writes_lock:
@@ -234,9 +240,7 @@ class SqliteStore(Store):
         try:
             outcomes = self._transaction([body for body, _ in writes])
         except BaseException as exc:  # the transaction as a whole failed: so did each write
-            if isinstance(exc, sqlite3.Error):
-                exc = StoreError(f"SQLite store {self.path}: {exc}")
-            outcomes = [(None, exc)] * len(writes)
+            outcomes = [(None, self._error(exc))] * len(writes)
         with contextlib.suppress(RuntimeError):  # a loop closed meanwhile has no one waiting
             loop.call_soon_threadsafe(_deliver, [future for _, future in writes], outcomes)
 
@@ -249,16 +253,15 @@ class SqliteStore(Store):
         try:
             if len(bodies) == 1:  # alone: its failure is the transaction's
                 outcomes.append((bodies[0](db), None))
-            for body in bodies if len(bodies) > 1 else []:
-                db.execute("SAVEPOINT write")
-                try:
-                    outcomes.append((body(db), None))
-                except Exception as exc:
-                    db.execute("ROLLBACK TO write")
-                    if isinstance(exc, sqlite3.Error):
-                        exc = StoreError(f"SQLite store {self.path}: {exc}")
-                    outcomes.append((None, exc))
-                db.execute("RELEASE write")
+            else:
+                for body in bodies:
+                    db.execute("SAVEPOINT write")
+                    try:
+                        outcomes.append((body(db), None))
+                    except Exception as exc:
+                        db.execute("ROLLBACK TO write")
+                        outcomes.append((None, self._error(exc)))
+                    db.execute("RELEASE write")
             db.commit()
         except BaseException:
             db.rollback()
