@@ -130,7 +130,7 @@ class Project:
     def find_flow(self, reference: str) -> Path:
         """A flow by path, or by name among the project's flows (file stem or `name`)."""
         path = Path(reference)
-        if path.suffix in (".yaml", ".yml") or path.exists():
+        if path.suffix in (".yaml", ".yml") or os.path.exists(path):  # no error if too long
             return path
         return self.named_flow(reference) or path
 

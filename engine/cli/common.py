@@ -89,7 +89,7 @@ def print_diagnostics(diagnostics: Sequence[Diagnostic]) -> None:
 
 def checked_flow(project: Project, reference: str) -> CheckedFlow:
     path = project.find_flow(reference)
-    if not path.is_file():
+    if not os.path.isfile(path):  # False, not an error, for a name too long
         raise fail(f"no flow '{reference}' (not a file, nor a flow in {project.flows_dir})")
     result = check_file(path, project)
     if result.checked is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -33,7 +34,7 @@ def lint(
     """Check flow files; exit 1 when any has an error (warnings are allowed)."""
     project = open_project()
     targets = paths or [project.flows_dir]
-    missing = [str(p) for p in targets if not p.exists()]
+    missing = [str(p) for p in targets if not os.path.exists(p)]  # a name too long: missing
     if missing:
         raise fail(f"no such file or folder: {', '.join(missing)}")
     report = lint_paths(targets, project)

@@ -358,6 +358,14 @@ def test_graph_prints_mermaid_and_dot(cli: Cli) -> None:
 
 
 def test_errors_are_one_line_without_traceback(cli: Cli) -> None:
-    results = cli.many(("show", "nope"), ("run", "no-such-flow"), ("retry", "nope"))
-    for result, fragment in zip(results, ["nope", "no-such-flow", "nope"], strict=True):
+    too_long = "x" * 300  # longer than a file name may be
+    results = cli.many(
+        ("show", "nope"),
+        ("run", "no-such-flow"),
+        ("retry", "nope"),
+        ("run", too_long),
+        ("lint", too_long),
+    )
+    fragments = ["nope", "no-such-flow", "nope", f"no flow '{too_long}'", too_long]
+    for result, fragment in zip(results, fragments, strict=True):
         one_line_error(result, fragment)
