@@ -148,6 +148,31 @@ class Decision:
     payload: Mapping[str, Any]
     timed_out: bool = False
 
+    def summary(self) -> dict[str, Any]:
+        """The payload of the ``gate_decided`` event."""
+        return {
+            "approved": self.approved,
+            "by": self.by,
+            "comment": self.comment,
+            "timed_out": self.timed_out,
+        }
+
+    def data(self, now: float) -> dict[str, Any]:
+        """What the gate's step stores as its data: the summary, the form values, the time."""
+        return {
+            "approved": self.approved,
+            "by": self.by,
+            "comment": self.comment,
+            "payload": dict(self.payload),
+            "at": now,
+            "timed_out": self.timed_out,
+        }
+
+    @property
+    def error(self) -> str:
+        """The gate step's error when this decision rejects it."""
+        return "rejected" + (f": {self.comment}" if self.comment else "")
+
 
 @dataclass(frozen=True, slots=True)
 class AgentCall:

@@ -946,17 +946,9 @@ class PostgresStore(Store):
         settle: bool,
         now: float,
     ) -> StepRecord:
-        data = {
-            "approved": decision.approved,
-            "by": decision.by,
-            "comment": decision.comment,
-            "payload": dict(decision.payload),
-            "at": now,
-            "timed_out": decision.timed_out,
-        }
-        summary = {k: data[k] for k in ("approved", "by", "comment", "timed_out")}
+        data, summary = decision.data(now), decision.summary()
         args = (run_id, step_id, decision.comment, as_json(data), now)
-        error = "rejected" + (f": {decision.comment}" if decision.comment else "")
+        error = decision.error
 
         async def body(tx: _Tx) -> None:
             conn = tx.conn

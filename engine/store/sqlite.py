@@ -568,15 +568,7 @@ class SqliteStore(Store):
         settle: bool,
         now: float,
     ) -> StepRecord:
-        data = {
-            "approved": decision.approved,
-            "by": decision.by,
-            "comment": decision.comment,
-            "payload": dict(decision.payload),
-            "at": now,
-            "timed_out": decision.timed_out,
-        }
-        summary = {k: data[k] for k in ("approved", "by", "comment", "timed_out")}
+        data, summary = decision.data(now), decision.summary()
         params = {
             "run_id": run_id,
             "step_id": step_id,
@@ -584,7 +576,7 @@ class SqliteStore(Store):
             "data": as_json(data),
             "now": now,
         }
-        error = "rejected" + (f": {decision.comment}" if decision.comment else "")
+        error = decision.error
 
         def body(db: Db) -> StepRecord:
             if settle:
