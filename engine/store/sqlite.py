@@ -361,7 +361,8 @@ class SqliteStore(Store):
             )
             started = {"flow": run.flow, "band": run.band, "model": run.model}
             _events(db, run.id, [(None, "run_started", started)], now)
-            _reach_excluded(db, run.id, now)
+            if any(step.excluded for step in run.steps):
+                _reach_excluded(db, run.id, now)
             return run.id, True
 
         return await self._call(body)
