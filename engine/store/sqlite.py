@@ -323,6 +323,7 @@ class SqliteStore(Store):
                         raise Conflict("this Idempotency-Key was used with another request body")
                     return existing["id"], False
             unsettled = len(run.steps)
+            db.execute(Q["insert_snapshot"], {"hash": run.snapshot_hash, "body": run.snapshot})
             db.execute(
                 Q["insert_run"],
                 {
@@ -331,7 +332,6 @@ class SqliteStore(Store):
                     "band": run.band,
                     "model": run.model,
                     "inputs": as_json(dict(run.inputs)),
-                    "snapshot": run.snapshot,
                     "snapshot_hash": run.snapshot_hash,
                     "launched_by": run.launched_by,
                     "idempotency_key": run.idempotency_key,

@@ -10,10 +10,14 @@
 SELECT status FROM runs WHERE id = $1 FOR UPDATE;
 
 -- name: insert_run
+-- The run and, unless an earlier launch stored it, its snapshot ($6, by its hash $7).
+WITH snapshot AS (
+    INSERT INTO snapshots (hash, body) VALUES ($7, $6) ON CONFLICT DO NOTHING
+)
 INSERT INTO runs (
-    id, flow, status, band, model, inputs, snapshot, snapshot_hash, launched_by,
+    id, flow, status, band, model, inputs, snapshot_hash, launched_by,
     idempotency_key, request_hash, replay_of, max_parallel, unsettled, created_at, updated_at
-) VALUES ($1, $2, 'running', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $14)
+) VALUES ($1, $2, 'running', $3, $4, $5, $7, $8, $9, $10, $11, $12, $13, $14, $14)
 ON CONFLICT DO NOTHING
 RETURNING id;
 
@@ -49,7 +53,8 @@ ORDER BY created_at DESC, id DESC
 LIMIT $6;
 
 -- name: get_snapshot
-SELECT snapshot FROM runs WHERE id = $1;
+SELECT s.body AS snapshot FROM runs r JOIN snapshots s ON s.hash = r.snapshot_hash
+WHERE r.id = $1;
 
 -- name: get_steps
 SELECT run_id, step_id, kind, position, status, attempts, failures, crashes, input, output,

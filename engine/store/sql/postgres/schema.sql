@@ -5,6 +5,11 @@ CREATE TABLE schema_migrations (
     applied_at DOUBLE PRECISION NOT NULL
 );
 
+CREATE TABLE snapshots (
+    hash TEXT PRIMARY KEY,
+    body TEXT NOT NULL
+);
+
 CREATE TABLE runs (
     id TEXT PRIMARY KEY,
     flow TEXT NOT NULL,
@@ -12,7 +17,6 @@ CREATE TABLE runs (
     band TEXT,
     model TEXT NOT NULL,
     inputs TEXT NOT NULL,
-    snapshot TEXT NOT NULL,
     snapshot_hash TEXT NOT NULL,
     launched_by TEXT,
     idempotency_key TEXT UNIQUE,

@@ -1,9 +1,12 @@
+-- name: insert_snapshot
+INSERT INTO snapshots (hash, body) VALUES (:hash, :body) ON CONFLICT DO NOTHING;
+
 -- name: insert_run
 INSERT INTO runs (
-    id, flow, status, band, model, inputs, snapshot, snapshot_hash, launched_by,
+    id, flow, status, band, model, inputs, snapshot_hash, launched_by,
     idempotency_key, request_hash, replay_of, max_parallel, unsettled, created_at, updated_at
 ) VALUES (
-    :id, :flow, 'running', :band, :model, :inputs, :snapshot, :snapshot_hash, :launched_by,
+    :id, :flow, 'running', :band, :model, :inputs, :snapshot_hash, :launched_by,
     :idempotency_key, :request_hash, :replay_of, :max_parallel, :unsettled, :now, :now
 );
 
@@ -23,7 +26,8 @@ SELECT id, flow, status, band, model, inputs, launched_by, replay_of, unsettled,
 FROM runs WHERE id = :id;
 
 -- name: get_snapshot
-SELECT snapshot FROM runs WHERE id = :id;
+SELECT s.body AS snapshot FROM runs r JOIN snapshots s ON s.hash = r.snapshot_hash
+WHERE r.id = :id;
 
 -- name: get_steps
 SELECT run_id, step_id, kind, position, status, attempts, failures, crashes, input, output,
