@@ -1025,6 +1025,11 @@ def test_non_finite_numbers_are_not_accepted_as_inputs(
     assert "x" in json.dumps(details)
 
 
+SNAPSHOT_OF_RUN = (
+    "SELECT s.body FROM runs r JOIN snapshots s ON s.hash = r.snapshot_hash WHERE r.id = ?"
+)
+
+
 def test_each_launch_snapshots_the_personas_as_they_are_then(
     project: ApiProject, start_server: Callable[..., LiveServer]
 ) -> None:
@@ -1041,9 +1046,7 @@ def test_each_launch_snapshots_the_personas_as_they_are_then(
             run_ids += [launch(client, "ask"), launch(client, "ask")]
     with sqlite3.connect(project.root / ".flowrunner" / "api.db") as db:
         personas = [
-            json.loads(db.execute("SELECT snapshot FROM runs WHERE id = ?", (r,)).fetchone()[0])[
-                "personas"
-            ]["helper"]
+            json.loads(db.execute(SNAPSHOT_OF_RUN, (r,)).fetchone()[0])["personas"]["helper"]
             for r in run_ids
         ]
     assert personas == ["first\n", texts[0], texts[0], texts[1], texts[1]]
