@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 from collections.abc import Callable
@@ -38,6 +39,9 @@ class Api:
     snapshots: dict[Path, tuple[CheckedFlow, Snapshot]] = field(default_factory=dict)
     """The launch snapshot of each validated flow above (taken once per check)."""
 
+    looks: dict[Path, asyncio.Future[FileResult]] = field(default_factory=dict)
+    """Looks at a flow's files that are queued and not yet started (see :meth:`look`)."""
+
     def snapshot(self, checked: CheckedFlow) -> Snapshot:
         """The snapshot a launch of ``checked`` (from :meth:`checked_flow`) stores. It is taken
         once per check: a new check (a flow, prompt or persona file changed) takes a new one."""
@@ -46,6 +50,27 @@ class Api:
         if cached is None or cached[0] is not checked:
             cached = self.snapshots[path] = (checked, Snapshot.take(checked, self.project))
         return cached[1]
+
+    async def look(self, path: Path) -> FileResult:
+        """The flow in ``path`` checked against its files as they are after this call began.
+
+        Requests that ask while a look at the same flow is queued share it: it starts
+        after all of them asked, so each still sees every edit made before its request,
+        and a burst of launches stats the files once rather than once per launch.
+        """
+        look = self.looks.get(path)
+        if look is None:
+            loop = asyncio.get_running_loop()
+            look = self.looks[path] = loop.create_future()
+            loop.call_soon(self._look, path, look)
+        return await asyncio.shield(look)  # a cancelled request leaves the look to the others
+
+    def _look(self, path: Path, look: asyncio.Future[FileResult]) -> None:
+        del self.looks[path]
+        try:
+            look.set_result(self.checked_flow(path))
+        except Exception as exc:  # every request that shares the look gets the error
+            look.set_exception(exc)
 
     def checked_flow(self, path: Path) -> FileResult:
         """The flow in ``path`` checked, reusing the last check while no file it reads changed."""

@@ -45,8 +45,8 @@ def find(context: Api, name: str) -> Path:
     raise errors.NotFound(f"no flow '{name}' in flows/")
 
 
-def checked(context: Api, name: str) -> CheckedFlow:
-    result = context.checked_flow(find(context, name))
+async def checked(context: Api, name: str) -> CheckedFlow:
+    result = await context.look(find(context, name))
     if result.checked is None:
         details = [d.as_json() for d in result.diagnostics]
         raise errors.InvalidFlow(f"flow '{name}' does not pass lint", details)
@@ -77,7 +77,7 @@ async def list_flows(context: Context, who: Identity) -> dict[str, Any]:
 @router.get("/flows/{name}", tags=["flows"])
 async def get_flow(name: str, context: Context, who: Identity) -> dict[str, Any]:
     """A flow's definition, inputs, steps and graph (edges as [need, step])."""
-    flow = checked(context, name).flow
+    flow = (await checked(context, name)).flow
     return {
         "name": flow.name,
         "description": flow.description,
@@ -111,7 +111,7 @@ async def launch(
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> dict[str, Any]:
     """Launch a run; the same ``Idempotency-Key`` with the same body returns the same run."""
-    flow = checked(context, name)
+    flow = await checked(context, name)
     run_id, created = await service.launch(
         context.store,
         context.project,
