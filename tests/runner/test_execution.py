@@ -1354,3 +1354,12 @@ async def test_a_step_whose_slot_an_eager_claim_refilled_does_not_send_the_worke
         assert store.claims < 6  # one after each of the 12 steps before
     finally:
         await store.close()
+
+
+def test_run_ids_sort_in_launch_order_and_do_not_repeat() -> None:
+    first = [service.new_run_id() for _ in range(10_000)]
+    time.sleep(0.002)
+    later = service.new_run_id()
+    assert all(len(run_id) == 20 and int(run_id, 16) >= 0 for run_id in first)
+    assert len(set(first)) == len(first)
+    assert sorted([later, *first])[-1] == later
