@@ -211,7 +211,11 @@ async def measure_workers(
         store = open_store(db_url)
         await store.open()
         for _ in range(runs):  # launched before any worker starts: launching is not timed
-            await service.launch(store, project, result.checked, inputs={}, now=time.time())
+            run_id, _ = await service.launch(
+                store, project, result.checked, inputs={}, now=time.time()
+            )
+        held = await asyncpg.connect(db_url)  # the runs wait until every worker is ready
+        await held.execute("UPDATE steps SET ready_at = 'infinity' WHERE ready_at = 0")
         flowrunner = Path(sys.executable).parent / "flowrunner"
         command = [str(flowrunner), "--project", str(folder), "worker"]
         logs = [folder / f"worker-{index}.log" for index in range(count)]
@@ -220,9 +224,11 @@ async def measure_workers(
             with log.open("w") as output:
                 workers.append(subprocess.Popen(command, env=env, stderr=output))
         try:
-            while not any("started" in log.read_text() for log in logs):
-                await asyncio.sleep(0.005)  # the first worker's store is open: it starts now
+            while not all("started" in log.read_text() for log in logs):
+                await asyncio.sleep(0.005)  # a worker's start-up is not timed either
             started = time.perf_counter()
+            await held.execute("UPDATE steps SET ready_at = 0 WHERE ready_at = 'infinity'")
+            await held.execute("SELECT pg_notify('flowrunner_work', $1)", run_id)
             while await store.list_runs(status="running", limit=1):
                 await asyncio.sleep(0.02)
             elapsed = time.perf_counter() - started
@@ -230,6 +236,7 @@ async def measure_workers(
             assert not failed, failed
             return elapsed, runs * 3
         finally:
+            await held.close()
             for worker in workers:
                 worker.send_signal(signal.SIGTERM)
             for worker in workers:
