@@ -247,8 +247,16 @@ class Worker:
         if isinstance(outcome, Wait):
             await self.store.wait_for_gate(claim, outcome.message, outcome.deadline, now)
             return True, False
+        agents = sum(c.kind == "agent" and c != claim for c, _ in self.active.values())
         others = sum(c.kind != "agent" and c != claim for c, _ in self.active.values())
-        eager = Eager(self.id, self.settings.lease_seconds, self.settings.max_code - others)
+        eager = Eager(
+            self.id,
+            self.settings.lease_seconds,
+            self.settings.max_code - others,
+            self.settings.max_agents - agents,
+        )
+        if self.stopping.is_set():  # a worker that is stopping claims nothing new
+            eager = Eager(self.id, self.settings.lease_seconds, 0, 0)
         if isinstance(outcome, Done):
             result = outcome.result
             settled = await self.store.complete_step(claim, result, now, eager)
@@ -261,7 +269,8 @@ class Worker:
         state.views[claim.step_id] = view
         for taken in settled.claims:
             self._start(taken)
-        refilled = claim.kind != "agent" and bool(settled.claims)  # eager claims: code, gates
+        # an eager claim of this step's kind took the slot it freed
+        refilled = any((c.kind == "agent") == (claim.kind == "agent") for c in settled.claims)
         if settled.unsettled == 0:
             await self._finish_run(claim.run_id, self.clock())
             return True, refilled

@@ -130,12 +130,15 @@ class Settled:
 
 @dataclass(frozen=True, slots=True)
 class Eager:
-    """Claim, in the same transaction, up to ``others`` code steps or gates that a
-    settlement makes ready, for ``worker``: a chain then costs one transaction per step."""
+    """Claim, in the same transaction, up to ``others`` code steps or gates and up to
+    ``agents`` agent steps (within their run's ``max_parallel``) that a settlement makes
+    ready, for ``worker``: a chain then costs one transaction per step, and the next agent
+    step of a run starts without a wake-up and a claim of its own."""
 
     worker: str
     lease: float
     others: int
+    agents: int = 0
 
 
 @dataclass(frozen=True, slots=True)

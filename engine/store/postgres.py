@@ -799,8 +799,7 @@ class PostgresStore(Store):
         eagers = [item.eager for item in batch if item.eager is not None]
         worker = eagers[0].worker if eagers else None
         expires = now + eagers[0].lease if eagers else None
-        # each counted the others' slots as busy: together they free one slot each
-        others = max(min(e.others for e in eagers), 0) + len(eagers) - 1 if eagers else 0
+        others, agents = _eager_capacity(batch)
         steps = [item.claim.step_id for item in batch]
         attempts = [item.claim.attempt for item in batch]
         columns = [list(column) for column in zip(*(item.values for item in batch), strict=True)]
@@ -821,6 +820,7 @@ class PostgresStore(Store):
                 [as_json(item.payload) for item in batch],
                 token,
                 _lock_key(token),
+                agents,
             )
             return rows, None
 
@@ -1148,6 +1148,24 @@ async def _settled(tx: _Tx, run_id: str, rows: list[asyncpg.Record]) -> int:
         if not excluded:
             return unsettled
         rows = await tx.conn.fetch(Q["settle"], run_id, excluded, level, tx.now)
+
+
+def _eager_capacity(batch: Sequence[_Settlement]) -> tuple[int, int]:
+    """The code and agent slots that the worker's results in ``batch`` leave free once all
+    are settled: each result's ``Eager`` counted the batch's other steps as busy, and every
+    step of a kind frees one slot of it."""
+    items = [item for item in batch if item.eager is not None]
+    agent_steps = sum(item.claim.kind == "agent" for item in items)
+    code_steps = len(items) - agent_steps
+    others = min(
+        (i.eager.others + code_steps - (i.claim.kind != "agent") for i in items if i.eager),
+        default=0,
+    )
+    agents = min(
+        (i.eager.agents + agent_steps - (i.claim.kind == "agent") for i in items if i.eager),
+        default=0,
+    )
+    return max(others, 0), max(agents, 0)
 
 
 def _claims(rows: Sequence[asyncpg.Record], worker: str) -> tuple[Claim, ...]:

@@ -125,8 +125,8 @@ def _settle(
 ) -> Settled:
     """A step settled: count it off its run, and its dependents (a JSON list) wait on one
     need fewer. A dependent excluded by the band whose needs have now all settled is
-    settled as excluded on the spot, and so on down the graph. With ``eager``, code
-    steps and gates made ready are claimed at once."""
+    settled as excluded on the spot, and so on down the graph. With ``eager``, steps
+    made ready are claimed at once, within its capacities and the run's max_parallel."""
     queue = [dependents]
     unsettled = 0
     ready: list[str] = []
@@ -144,12 +144,14 @@ def _settle(
                 ready.append(step_id)
     claims: list[Claim] = []
     if eager is not None:
-        for step_id in ready[: eager.others]:
-            params = {"run_id": run_id, "step_id": step_id, "now": now}
-            row = db.execute(Q["claimable_step"], params).fetchone()
-            claim = _take(db, row, eager.worker, now, eager.lease, 1) if row else None
-            if claim is not None:
-                claims.append(claim)
+        query = Q["claimable_step"]
+        found = [
+            row
+            for step_id in ready
+            if (row := db.execute(query, _step(run_id, step_id, now)).fetchone()) is not None
+        ]
+        capacity = Capacity(agents=eager.agents, others=eager.others)
+        claims = _take_within(db, found, capacity, eager.worker, now, eager.lease, 1)
     return Settled(unsettled, tuple(claims), len(claims) < len(ready))
 
 
@@ -463,25 +465,7 @@ class SqliteStore(Store):
             params = {"now": now, "limit": capacity.agents + capacity.others, "run_id": run_id}
             rows = db.execute(Q["claimable_expired"], params).fetchall()
             rows += db.execute(Q["claimable_ready"], params).fetchall()
-            agents, others = capacity.agents, capacity.others
-            running: dict[str, int] = {}
-            claims = []
-            for row in rows:
-                if row["agent"]:
-                    if agents <= 0 or not _run_has_room(db, row, running):
-                        continue
-                elif others <= 0:
-                    continue
-                claim = _take(db, row, worker, now, lease, max_crashes)
-                if claim is None:
-                    continue
-                claims.append(claim)
-                if row["agent"]:
-                    agents -= 1
-                    running[row["run_id"]] += 1
-                else:
-                    others -= 1
-            return claims
+            return _take_within(db, rows, capacity, worker, now, lease, max_crashes)
 
         return await self._call(body)
 
@@ -712,6 +696,42 @@ class SqliteStore(Store):
         self, run_id: str, step_id: str | None, event: str, payload: Mapping[str, Any], now: float
     ) -> None:
         await self._call(lambda db: _events(db, run_id, [(step_id, event, payload)], now))
+
+
+def _step(run_id: str, step_id: str, now: float) -> dict[str, Any]:
+    return {"run_id": run_id, "step_id": step_id, "now": now}
+
+
+def _take_within(
+    db: Db,
+    rows: Sequence[sqlite3.Row],
+    capacity: Capacity,
+    worker: str,
+    now: float,
+    lease: float,
+    max_crashes: int,
+) -> list[Claim]:
+    """Lease the claimable ``rows``, in order, that fit ``capacity`` and their runs'
+    max_parallel (agent steps running at once)."""
+    agents, others = capacity.agents, capacity.others
+    running: dict[str, int] = {}
+    claims = []
+    for row in rows:
+        if row["agent"]:
+            if agents <= 0 or not _run_has_room(db, row, running):
+                continue
+        elif others <= 0:
+            continue
+        claim = _take(db, row, worker, now, lease, max_crashes)
+        if claim is None:
+            continue
+        claims.append(claim)
+        if row["agent"]:
+            agents -= 1
+            running[row["run_id"]] += 1
+        else:
+            others -= 1
+    return claims
 
 
 def _run_has_room(db: Db, row: sqlite3.Row, running: dict[str, int]) -> bool:

@@ -1363,3 +1363,26 @@ def test_run_ids_sort_in_launch_order_and_do_not_repeat() -> None:
     assert all(len(run_id) == 20 and int(run_id, 16) >= 0 for run_id in first)
     assert len(set(first)) == len(first)
     assert sorted([later, *first])[-1] == later
+
+
+async def test_a_chain_of_agent_steps_is_claimed_by_its_settlements(
+    kit: ProjectKit, tmp_path: Path
+) -> None:
+    """Each agent step's settlement takes the next one at once (the slot it frees), so a
+    worker does not claim once per step."""
+    kit.env(max_agents=1)
+    steps = "\n".join(
+        f'  - {{id: s{i}, kind: agent, prompt: "step {i}"'
+        + (f", needs: [s{i - 1}]}}" if i else "}")
+        for i in range(12)
+    )
+    checked = kit.checked(f"version: 1\nname: agents\nsteps:\n{steps}\n")
+    store = CountingClaims(tmp_path / "counting.db")
+    await store.open()
+    try:
+        run_id = await launch(kit, store, checked)
+        details = await finish(kit, store, run_id, scripted("-"))
+        assert set(statuses(details).values()) == {"completed"}
+        assert store.claims < 6  # one after each of the 12 steps before
+    finally:
+        await store.close()

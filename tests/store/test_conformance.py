@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
@@ -395,13 +396,36 @@ async def test_reopening_a_store_keeps_its_data(store: Store, second_store: Stor
 
 
 async def test_a_settlement_can_claim_what_it_made_ready(store: Store) -> None:
-    """Eager claims take code steps and gates only, up to the capacity given."""
+    """Eager claims take what the settlement made ready, up to each kind's capacity."""
     await store.create_run(diamond(), 1.0)
     a = await claim_one(store, "a")
-    settled = await store.complete_step(a, StepResult("x"), 2.0, Eager("w1", 30, 5))
-    assert settled is not None
+    settled = await store.complete_step(a, StepResult("x"), 2.0, Eager("w1", 30, 5, agents=0))
+    assert settled is not None and settled.ready_left
     assert [(c.step_id, c.attempt, c.worker) for c in settled.claims] == [("c", 1, "w1")]
-    assert await claim_ids(store, 2.0, worker="w2") == ["b"]  # the agent step is left
+    assert await claim_ids(store, 2.0, worker="w2") == ["b"]  # no agent slot: b is left
     c = settled.claims[0]
     none = await store.complete_step(c, StepResult("x"), 3.0, Eager("w1", 30, 0))
     assert none is not None and none.claims == ()
+
+
+async def test_a_settlement_claims_agent_steps_within_the_runs_max_parallel(
+    store: Store,
+) -> None:
+    """a -> (b, c, d), all agent steps; the run runs at most 2 agent steps at once."""
+    steps = [NewStep("a", "code", False, 0, 0, ("b", "c", "d"))] + [
+        NewStep(step, "agent", True, index, 1, ()) for index, step in enumerate("bcd", 1)
+    ]
+    run = replace(diamond(), steps=steps, max_parallel=2)
+    await store.create_run(run, 1.0)
+    a = await claim_one(store, "a")
+    settled = await store.complete_step(a, StepResult("x"), 2.0, Eager("w1", 30, 0, agents=5))
+    assert settled is not None and settled.ready_left
+    assert [(c.step_id, c.kind, c.worker) for c in settled.claims] == [
+        ("b", "agent", "w1"),
+        ("c", "agent", "w1"),
+    ]
+    assert await claim_ids(store, 2.0, worker="w2") == []  # max_parallel: d waits
+    b = settled.claims[0]
+    after_b = await store.complete_step(b, StepResult("x"), 3.0, Eager("w1", 30, 0, agents=5))
+    assert after_b is not None and after_b.claims == ()  # b made nothing ready
+    assert await claim_ids(store, 3.0, worker="w2") == ["d"]  # b's end made room

@@ -32,7 +32,7 @@ from engine.store.base import (
     StepResult,
     StoreError,
 )
-from engine.store.postgres import PostgresStore
+from engine.store.postgres import PostgresStore, _eager_capacity, _Settlement
 from tests.pgproxy import Proxy
 from tests.postgres import fresh_schema
 from tests.store.test_conformance import claim_ids, claim_one, diamond, event_names
@@ -468,3 +468,17 @@ async def test_a_batch_whose_ack_is_lost_is_recorded_once(
     names = await event_names(store)
     assert names.count("step_completed") == 2 and names.count("stale_result_refused") == 0
     assert (await store.get_run("r1")).unsettled == 1
+
+
+def test_a_batch_frees_one_slot_of_each_kind_per_step() -> None:
+    """Two code results and an agent result of one worker, settled together: each result's
+    Eager counted the others as busy."""
+
+    def item(kind: str, others: int, agents: int) -> _Settlement:
+        claim = Claim("r1", f"s-{kind}-{others}", kind, 1, 0, "w1")
+        eager = Eager("w1", 30, others, agents)
+        return _Settlement(claim, (), "step_completed", {}, 1.0, eager, None)  # type: ignore[arg-type]
+
+    # max_code 4 with 1 other code step running, max_agents 2 with nothing else running:
+    batch = [item("code", 2, 1), item("code", 2, 1), item("agent", 1, 2)]
+    assert _eager_capacity(batch) == (3, 2)

@@ -308,13 +308,13 @@ WHERE s.status = 'running' AND s.lease_owner = $4;
 -- payload ($15, $16): one lock of the run and one commit for all of them.
 -- Lock the run (the uncorrelated subquery runs first); complete or skip each step whose
 -- fence (owner, attempt) holds; take from each dependent as many needs as it had among
--- them, leasing at once (to $12, until $13) up to $14 code steps and gates they make
--- ready; count the steps off the run; append their events in the order given, then the
+-- them, leasing at once (to $12, until $13) up to $14 code steps and gates and up to $19
+-- agent steps (within the run's max_parallel) they make ready; count the steps off the run; append their events in the order given, then the
 -- step_started events; leave the receipt ($17, its result "adopt": see
 -- PostgresStore._adopt) and hold its lock ($18, see receipt_lock).
 -- No row when no fence holds; else one row per dependent (or one row of NULLs), each with
 -- the run's unsettled count and `settled`, the steps settled. A statement that waited for
--- the run's lock reads the steps as they were when it began: only `candidate` (which code
+-- the run's lock reads the steps as they were when it began: only `candidate` (which
 -- steps to take at once) can be stale, and only in the safe direction (a step is taken
 -- only if its last needs are these); the UPDATEs act on the latest rows.
 WITH given AS (
@@ -338,16 +338,31 @@ WITH given AS (
     FROM done CROSS JOIN LATERAL unnest(done.dependents) AS d(step_id)
     GROUP BY d.step_id
 ), candidate AS (
-    SELECT s.step_id, s.position, needs.n,
-           (s.waiting_on = needs.n AND s.status = 'pending' AND NOT s.agent
-            AND NOT s.excluded AND s.ready_at <= $11) AS ready_code
+    SELECT s.step_id, s.position, s.agent, needs.n,
+           (s.waiting_on = needs.n AND s.status = 'pending'
+            AND NOT s.excluded AND s.ready_at <= $11) AS ready
     FROM needs CROSS JOIN LATERAL (
         SELECT step_id, position, waiting_on, status, agent, excluded, ready_at
         FROM steps WHERE run_id = $1 AND step_id = needs.step_id
         LIMIT 1  -- keeps the lookup per dependent (not flattened into a run-wide join)
     ) AS s
+), room AS (  -- agent steps to take: $19, within max_parallel less those running (counted
+              -- only when the run has a max_parallel and a candidate agent step is ready)
+    SELECT CASE WHEN max_parallel IS NULL THEN $19
+                ELSE least($19, max_parallel - (
+                    SELECT count(*) FROM steps
+                    WHERE run_id = $1 AND status = 'running' AND agent
+                      AND step_id NOT IN (SELECT step_id FROM done)))
+           END AS n
+    FROM runs WHERE id = $1
 ), chosen AS (
-    SELECT step_id FROM candidate WHERE ready_code ORDER BY position LIMIT $14
+    (SELECT step_id FROM candidate WHERE ready AND NOT agent ORDER BY position LIMIT $14)
+    UNION ALL
+    (SELECT step_id FROM (
+        SELECT step_id, row_number() OVER (ORDER BY position) AS nth
+        FROM candidate WHERE ready AND agent
+     ) AS a
+     WHERE nth <= (SELECT n FROM room))
 ), dependent AS (
     UPDATE steps
     SET waiting_on = steps.waiting_on - candidate.n,

@@ -84,7 +84,7 @@ SELECT s.run_id, s.step_id, s.kind, s.agent, s.status, s.attempts, s.failures, s
        s.lease_owner, r.max_parallel
 FROM steps s CROSS JOIN runs r
 WHERE s.run_id = :run_id AND s.step_id = :step_id AND s.status = 'pending'
-  AND s.waiting_on = 0 AND s.ready_at <= :now AND s.agent = 0 AND s.excluded = 0
+  AND s.waiting_on = 0 AND s.ready_at <= :now AND s.excluded = 0
   AND r.id = s.run_id AND r.status = 'running';
 
 -- name: running_agents
