@@ -1331,18 +1331,11 @@ class CountingClaims(SqliteStore):
         return await super().claim(*args, **kwargs)
 
 
-async def test_a_step_whose_slot_an_eager_claim_refilled_does_not_send_the_worker_looking(
-    kit: ProjectKit, tmp_path: Path
-) -> None:
-    """With its code slot full (so its last claim was full), a worker running a chain of
-    code steps still finds each next step through the settlement's eager claim, not
-    through a claim after every step."""
-    kit.env(max_code=1)
-    module = kit.code("def noop(ctx):\n    return 'ok'\n")
+async def claims_for_a_chain(kit: ProjectKit, tmp_path: Path, step: str) -> int:
+    """The claims a worker makes to run a 12-step chain of ``step`` (a step's fields
+    after its id) to completion."""
     steps = "\n".join(
-        f'  - {{id: s{i}, kind: code, call: "{module}:noop"'
-        + (f", needs: [s{i - 1}]}}" if i else "}")
-        for i in range(12)
+        f"  - {{id: s{i}, {step}" + (f", needs: [s{i - 1}]}}" if i else "}") for i in range(12)
     )
     checked = kit.checked(f"version: 1\nname: chain\nsteps:\n{steps}\n")
     store = CountingClaims(tmp_path / "counting.db")
@@ -1351,9 +1344,30 @@ async def test_a_step_whose_slot_an_eager_claim_refilled_does_not_send_the_worke
         run_id = await launch(kit, store, checked)
         details = await finish(kit, store, run_id, scripted("-"))
         assert set(statuses(details).values()) == {"completed"}
-        assert store.claims < 6  # one after each of the 12 steps before
+        return store.claims
     finally:
         await store.close()
+
+
+async def test_a_step_whose_slot_an_eager_claim_refilled_does_not_send_the_worker_looking(
+    kit: ProjectKit, tmp_path: Path
+) -> None:
+    """With its code slot full (so its last claim was full), a worker running a chain of
+    code steps still finds each next step through the settlement's eager claim, not
+    through a claim after every step."""
+    kit.env(max_code=1)
+    module = kit.code("def noop(ctx):\n    return 'ok'\n")
+    claims = await claims_for_a_chain(kit, tmp_path, f'kind: code, call: "{module}:noop"')
+    assert claims < 6  # one after each of the 12 steps before
+
+
+async def test_a_chain_of_agent_steps_is_claimed_by_its_settlements(
+    kit: ProjectKit, tmp_path: Path
+) -> None:
+    """Each agent step's settlement takes the next one at once (the slot it frees), so a
+    worker does not claim once per step (it made 25 claims for 12 steps before)."""
+    kit.env(max_agents=1)
+    assert await claims_for_a_chain(kit, tmp_path, 'kind: agent, prompt: "go"') < 6
 
 
 def test_run_ids_sort_in_launch_order_and_do_not_repeat() -> None:
@@ -1363,26 +1377,3 @@ def test_run_ids_sort_in_launch_order_and_do_not_repeat() -> None:
     assert all(len(run_id) == 20 and int(run_id, 16) >= 0 for run_id in first)
     assert len(set(first)) == len(first)
     assert sorted([later, *first])[-1] == later
-
-
-async def test_a_chain_of_agent_steps_is_claimed_by_its_settlements(
-    kit: ProjectKit, tmp_path: Path
-) -> None:
-    """Each agent step's settlement takes the next one at once (the slot it frees), so a
-    worker does not claim once per step."""
-    kit.env(max_agents=1)
-    steps = "\n".join(
-        f'  - {{id: s{i}, kind: agent, prompt: "step {i}"'
-        + (f", needs: [s{i - 1}]}}" if i else "}")
-        for i in range(12)
-    )
-    checked = kit.checked(f"version: 1\nname: agents\nsteps:\n{steps}\n")
-    store = CountingClaims(tmp_path / "counting.db")
-    await store.open()
-    try:
-        run_id = await launch(kit, store, checked)
-        details = await finish(kit, store, run_id, scripted("-"))
-        assert set(statuses(details).values()) == {"completed"}
-        assert store.claims < 6  # one after each of the 12 steps before
-    finally:
-        await store.close()

@@ -37,14 +37,19 @@ async def snapshot_rows(store: Store) -> list[tuple[str, str]]:
         await conn.close()
 
 
-async def test_runs_launched_from_one_snapshot_share_one_copy(store: Store) -> None:
-    for run_id, snapshot, digest in OLD_RUNS:
-        launch = replace(diamond(run_id), snapshot=snapshot, snapshot_hash=digest)
-        await store.create_run(launch, 1.0)
+async def assert_one_copy_each(store: Store) -> None:
+    """Each run of OLD_RUNS reads its own snapshot, and each content is stored once."""
     assert [await store.get_snapshot(run_id) for run_id, _, _ in OLD_RUNS] == [
         snapshot for _, snapshot, _ in OLD_RUNS
     ]
     assert await snapshot_rows(store) == [("h1", '{"v": 1}'), ("h2", '{"v": 2}')]
+
+
+async def test_runs_launched_from_one_snapshot_share_one_copy(store: Store) -> None:
+    for run_id, snapshot, digest in OLD_RUNS:
+        launch = replace(diamond(run_id), snapshot=snapshot, snapshot_hash=digest)
+        await store.create_run(launch, 1.0)
+    await assert_one_copy_each(store)
 
 
 async def test_sqlite_migration_moves_old_snapshots(tmp_path: Path) -> None:
@@ -62,10 +67,7 @@ async def test_sqlite_migration_moves_old_snapshots(tmp_path: Path) -> None:
     store = SqliteStore(path)
     await store.open()
     try:
-        assert [await store.get_snapshot(run_id) for run_id, _, _ in OLD_RUNS] == [
-            snapshot for _, snapshot, _ in OLD_RUNS
-        ]
-        assert await snapshot_rows(store) == [("h1", '{"v": 1}'), ("h2", '{"v": 2}')]
+        await assert_one_copy_each(store)
     finally:
         await store.close()
     with closing(sqlite3.connect(path)) as db:
@@ -96,9 +98,6 @@ async def test_postgres_migration_moves_old_snapshots() -> None:
         store = PostgresStore(url, retry_seconds=2)
         await store.open()
         try:
-            assert [await store.get_snapshot(run_id) for run_id, _, _ in OLD_RUNS] == [
-                snapshot for _, snapshot, _ in OLD_RUNS
-            ]
-            assert await snapshot_rows(store) == [("h1", '{"v": 1}'), ("h2", '{"v": 2}')]
+            await assert_one_copy_each(store)
         finally:
             await store.close()
