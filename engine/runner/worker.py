@@ -249,14 +249,10 @@ class Worker:
             return True, False
         agents = sum(c.kind == "agent" and c != claim for c, _ in self.active.values())
         others = sum(c.kind != "agent" and c != claim for c, _ in self.active.values())
-        eager = Eager(
-            self.id,
-            self.settings.lease_seconds,
-            self.settings.max_code - others,
-            self.settings.max_agents - agents,
-        )
+        free_code, free_agents = self.settings.max_code - others, self.settings.max_agents - agents
         if self.stopping.is_set():  # a worker that is stopping claims nothing new
-            eager = Eager(self.id, self.settings.lease_seconds, 0, 0)
+            free_code = free_agents = 0
+        eager = Eager(self.id, self.settings.lease_seconds, free_code, free_agents)
         if isinstance(outcome, Done):
             result = outcome.result
             settled = await self.store.complete_step(claim, result, now, eager)

@@ -1377,3 +1377,31 @@ def test_run_ids_sort_in_launch_order_and_do_not_repeat() -> None:
     assert all(len(run_id) == 20 and int(run_id, 16) >= 0 for run_id in first)
     assert len(set(first)) == len(first)
     assert sorted([later, *first])[-1] == later
+
+
+async def test_a_stopping_worker_finishes_its_step_but_takes_no_next_one(
+    kit: ProjectKit, store: SqliteStore
+) -> None:
+    module = kit.code("import time\n\ndef slow(ctx):\n    time.sleep(0.3)\n    return 'ok'\n")
+    checked = kit.checked(
+        f"""
+        version: 1
+        name: pair
+        steps:
+          - {{id: first, kind: code, call: "{module}:slow"}}
+          - {{id: second, kind: code, call: "{module}:slow", needs: [first]}}
+        """
+    )
+    run_id = await launch(kit, store, checked)
+    worker = Worker(store, kit.project, scripted("-"), run_id=run_id)
+    task = asyncio.create_task(worker.run(grace=5))
+    for _ in range(200):
+        if worker.active:
+            break
+        await asyncio.sleep(0.01)
+    worker.stop()
+    await asyncio.wait_for(task, 10)
+    details = await service.details(store, run_id)
+    assert statuses(details) == {"first": "completed", "second": "pending"}
+    started = [e.step_id for e in await events(store, run_id) if e.event == "step_started"]
+    assert started == ["first"]

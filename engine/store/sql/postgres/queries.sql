@@ -309,9 +309,10 @@ WHERE s.status = 'running' AND s.lease_owner = $4;
 -- Lock the run (the uncorrelated subquery runs first); complete or skip each step whose
 -- fence (owner, attempt) holds; take from each dependent as many needs as it had among
 -- them, leasing at once (to $12, until $13) up to $14 code steps and gates and up to $19
--- agent steps (within the run's max_parallel) they make ready; count the steps off the run; append their events in the order given, then the
--- step_started events; leave the receipt ($17, its result "adopt": see
--- PostgresStore._adopt) and hold its lock ($18, see receipt_lock).
+-- agent steps (within the run's max_parallel) they make ready; count the steps off the
+-- run; append their events in the order given, then the step_started events; leave the
+-- receipt ($17, its result "adopt": see PostgresStore._adopt) and hold its lock ($18,
+-- see receipt_lock).
 -- No row when no fence holds; else one row per dependent (or one row of NULLs), each with
 -- the run's unsettled count and `settled`, the steps settled. A statement that waited for
 -- the run's lock reads the steps as they were when it began: only `candidate` (which
