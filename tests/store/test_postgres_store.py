@@ -33,11 +33,13 @@ from engine.store.base import (
     StoreError,
 )
 from engine.store.postgres import PostgresStore, _eager_capacity, _Settlement
+from engine.store.queries import load_queries
 from tests.pgproxy import Proxy
 from tests.postgres import fresh_schema
 from tests.store.test_conformance import claim_ids, claim_one, diamond, event_names
 
 OpenStore = Callable[..., Awaitable[PostgresStore]]
+Q = load_queries("postgres")
 
 
 @pytest.fixture
@@ -482,3 +484,22 @@ def test_a_batch_frees_one_slot_of_each_kind_per_step() -> None:
     # max_code 4 with 1 other code step running, max_agents 2 with nothing else running:
     batch = [item("code", 2, 1), item("code", 2, 1), item("agent", 1, 2)]
     assert _eager_capacity(batch) == (3, 2)
+
+
+async def test_a_claim_looks_up_its_runs_by_key_without_statistics(
+    open_store: OpenStore, admin: asyncpg.Connection[Any]
+) -> None:
+    """On a table never analyzed (a fresh database; autovacuum off or not yet run), the
+    planner took the index of running runs for a few rows and read every running run, in
+    each claim: 0.8 of its 0.9 ms with 1,000 runs running."""
+    store = await open_store()
+    for index in range(300):
+        await store.create_run(diamond(f"r{index:03}"), 1.0)
+    plan = "\n".join(
+        row[0]
+        for row in await admin.fetch(
+            "EXPLAIN " + Q["claim_ready"], 2.0, None, 8, 8, "w1", 32.0, "token", 1
+        )
+    )
+    assert "runs_pkey on runs" in plan, plan
+    assert "runs_running" not in plan and "Seq Scan on runs" not in plan, plan

@@ -170,11 +170,13 @@ WITH ready_runs AS (
          LIMIT $4)
     ) AS first_ready
     GROUP BY run_id
-), locked AS (
-    SELECT id, max_parallel FROM runs
-    WHERE id IN (SELECT run_id FROM ready_runs) AND status = 'running'
-    ORDER BY id
-    FOR UPDATE
+), locked AS (  -- each run looked up by its key, in id order, whatever the statistics
+    SELECT r.id, r.max_parallel
+    FROM (SELECT run_id FROM ready_runs ORDER BY run_id) AS w
+    CROSS JOIN LATERAL (
+        SELECT id, max_parallel, status FROM runs WHERE id = w.run_id LIMIT 1 FOR UPDATE
+    ) AS r
+    WHERE r.status = 'running'
 ), candidate AS (
     SELECT s.run_id, s.step_id, s.agent, s.ready_at, s.position
     FROM steps s
