@@ -30,7 +30,7 @@ from engine.runner.execute import AttemptFailed, Done, Executor, Publish, Skip, 
 from engine.runner.render import Renderer, RenderError, StepView
 from engine.runner.snapshot import CompiledFlow, Snapshot
 from engine.runner.state import RunState
-from engine.store.base import Capacity, Claim, Decision, Eager, StepRecord, Store
+from engine.store.base import Capacity, Claim, Decision, Eager, Store
 
 log = logging.getLogger("flowrunner.worker")
 
@@ -364,24 +364,29 @@ class Worker:
                 await self._finish_run(run_id, now)
 
     async def _finish_run(self, run_id: str, now: float) -> None:
-        """Render the report of a run whose steps all settled, and mark it finished."""
+        """Render the report of a run whose steps all settled, and mark it finished. The
+        steps this worker settled are known already: only the others are read."""
         state = await self._state(run_id)
-        records = await self.store.get_steps(run_id)
+        await self._ensure_views(state, list(state.plan.steps))
         status, report, error = RunStatus.COMPLETED, None, None
         try:
-            report = self._report(state, records)
+            report = self._report(state)
         except RenderError as exc:
             status, error = RunStatus.FAILED, exc.message
         await self.store.finish_run(run_id, status, report, error, now)
         self.states.pop(run_id, None)
 
-    def _report(self, state: RunState, records: list[StepRecord]) -> str:
+    def _report(self, state: RunState) -> str:
         flow = state.compiled.flow
         if flow.report is not None:
-            views = {record.id: StepView.of(record) for record in records}
-            return self.executor.renderer.render(flow.report, state.names(views), "report")
-        sinks = [r for r in records if not state.plan[r.id].dependents and r.output]
-        return "\n\n".join(f"## {record.id}\n\n{record.output}" for record in sinks)
+            return self.executor.renderer.render(flow.report, state.names(state.views), "report")
+        views, steps = state.views, state.plan.steps  # in execution order
+        sinks = [
+            (step_id, views[step_id].output)
+            for step_id, step in steps.items()
+            if not step.dependents and step_id in views and views[step_id].output
+        ]
+        return "\n\n".join(f"## {step_id}\n\n{output}" for step_id, output in sinks)
 
     async def _expire_gates(self, now: float) -> None:
         for run_id, step_id in await self.store.expired_gates(now):

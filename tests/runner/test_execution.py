@@ -1405,3 +1405,40 @@ async def test_a_stopping_worker_finishes_its_step_but_takes_no_next_one(
     assert statuses(details) == {"first": "completed", "second": "pending"}
     started = [e.step_id for e in await events(store, run_id) if e.event == "step_started"]
     assert started == ["first"]
+
+
+class CountingReads(SqliteStore):
+    """The real store, counting the step reads a worker makes."""
+
+    reads = 0
+
+    async def get_steps(self, *args: Any, **kwargs: Any):  # type: ignore[no-untyped-def]
+        self.reads += 1
+        return await super().get_steps(*args, **kwargs)
+
+
+async def test_a_worker_renders_the_report_from_the_steps_it_ran(
+    kit: ProjectKit, tmp_path: Path
+) -> None:
+    """It knows their results already: finishing the run reads no step back."""
+    module = kit.code("def word(ctx, text):\n    return text\n")
+    checked = kit.checked(
+        f"""
+        version: 1
+        name: words
+        steps:
+          - {{id: one, kind: code, call: "{module}:word", with: {{text: "a"}}}}
+          - {{id: two, kind: code, call: "{module}:word", with: {{text: "b"}}, needs: [one]}}
+        report: "{{{{ steps.one.output }}}}-{{{{ steps.two.output }}}}"
+        """
+    )
+    store = CountingReads(tmp_path / "reads.db")
+    await store.open()
+    try:
+        run_id = await launch(kit, store, checked)
+        worker = Worker(store, kit.project, scripted("-"), run_id=run_id)
+        await asyncio.wait_for(worker.run(until_idle=True), 20)
+        assert store.reads == 0
+        assert (await store.get_run(run_id)).report == "a-b"
+    finally:
+        await store.close()
