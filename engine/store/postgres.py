@@ -1154,17 +1154,11 @@ def _eager_capacity(batch: Sequence[_Settlement]) -> tuple[int, int]:
     """The code and agent slots that the worker's results in ``batch`` leave free once all
     are settled: each result's ``Eager`` counted the batch's other steps as busy, and every
     step of a kind frees one slot of it."""
-    items = [item for item in batch if item.eager is not None]
-    agent_steps = sum(item.claim.kind == "agent" for item in items)
-    code_steps = len(items) - agent_steps
-    others = min(
-        (i.eager.others + code_steps - (i.claim.kind != "agent") for i in items if i.eager),
-        default=0,
-    )
-    agents = min(
-        (i.eager.agents + agent_steps - (i.claim.kind == "agent") for i in items if i.eager),
-        default=0,
-    )
+    eagers = [(item.claim.kind == "agent", item.eager) for item in batch if item.eager]
+    agent_steps = sum(agent for agent, _ in eagers)
+    code_steps = len(eagers) - agent_steps
+    others = min((e.others + code_steps - (not agent) for agent, e in eagers), default=0)
+    agents = min((e.agents + agent_steps - agent for agent, e in eagers), default=0)
     return max(others, 0), max(agents, 0)
 
 

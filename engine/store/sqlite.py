@@ -144,12 +144,11 @@ def _settle(
                 ready.append(step_id)
     claims: list[Claim] = []
     if eager is not None:
-        query = Q["claimable_step"]
-        found = [
-            row
-            for step_id in ready
-            if (row := db.execute(query, _step(run_id, step_id, now)).fetchone()) is not None
-        ]
+        found = []
+        for step_id in ready:
+            params = {"run_id": run_id, "step_id": step_id, "now": now}
+            if (row := db.execute(Q["claimable_step"], params).fetchone()) is not None:
+                found.append(row)
         capacity = Capacity(agents=eager.agents, others=eager.others)
         claims = _take_within(db, found, capacity, eager.worker, now, eager.lease, 1)
     return Settled(unsettled, tuple(claims), len(claims) < len(ready))
@@ -696,10 +695,6 @@ class SqliteStore(Store):
         self, run_id: str, step_id: str | None, event: str, payload: Mapping[str, Any], now: float
     ) -> None:
         await self._call(lambda db: _events(db, run_id, [(step_id, event, payload)], now))
-
-
-def _step(run_id: str, step_id: str, now: float) -> dict[str, Any]:
-    return {"run_id": run_id, "step_id": step_id, "now": now}
 
 
 def _take_within(

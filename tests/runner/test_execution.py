@@ -1321,14 +1321,19 @@ async def test_a_wake_up_during_a_claim_is_not_lost(kit: ProjectKit, tmp_path: P
         await store.close()
 
 
-class CountingClaims(SqliteStore):
-    """The real store, counting the claims a worker makes."""
+class Counting(SqliteStore):
+    """The real store, counting the claims and the step reads a worker makes."""
 
     claims = 0
+    reads = 0
 
     async def claim(self, *args: Any, **kwargs: Any):  # type: ignore[no-untyped-def]
         self.claims += 1
         return await super().claim(*args, **kwargs)
+
+    async def get_steps(self, *args: Any, **kwargs: Any):  # type: ignore[no-untyped-def]
+        self.reads += 1
+        return await super().get_steps(*args, **kwargs)
 
 
 async def claims_for_a_chain(kit: ProjectKit, tmp_path: Path, step: str) -> int:
@@ -1338,7 +1343,7 @@ async def claims_for_a_chain(kit: ProjectKit, tmp_path: Path, step: str) -> int:
         f"  - {{id: s{i}, {step}" + (f", needs: [s{i - 1}]}}" if i else "}") for i in range(12)
     )
     checked = kit.checked(f"version: 1\nname: chain\nsteps:\n{steps}\n")
-    store = CountingClaims(tmp_path / "counting.db")
+    store = Counting(tmp_path / "counting.db")
     await store.open()
     try:
         run_id = await launch(kit, store, checked)
@@ -1407,16 +1412,6 @@ async def test_a_stopping_worker_finishes_its_step_but_takes_no_next_one(
     assert started == ["first"]
 
 
-class CountingReads(SqliteStore):
-    """The real store, counting the step reads a worker makes."""
-
-    reads = 0
-
-    async def get_steps(self, *args: Any, **kwargs: Any):  # type: ignore[no-untyped-def]
-        self.reads += 1
-        return await super().get_steps(*args, **kwargs)
-
-
 async def test_a_worker_renders_the_report_from_the_steps_it_ran(
     kit: ProjectKit, tmp_path: Path
 ) -> None:
@@ -1432,7 +1427,7 @@ async def test_a_worker_renders_the_report_from_the_steps_it_ran(
         report: "{{{{ steps.one.output }}}}-{{{{ steps.two.output }}}}"
         """
     )
-    store = CountingReads(tmp_path / "reads.db")
+    store = Counting(tmp_path / "reads.db")
     await store.open()
     try:
         run_id = await launch(kit, store, checked)
