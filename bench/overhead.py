@@ -227,11 +227,16 @@ async def measure_workers(
             while not all("started" in log.read_text() for log in logs):
                 await asyncio.sleep(0.005)  # a worker's start-up is not timed either
             started = time.perf_counter()
+            cpu = [process_cpu(worker.pid) for worker in workers], machine_cpu()
             await held.execute("UPDATE steps SET ready_at = 0 WHERE ready_at = 'infinity'")
             await held.execute("SELECT pg_notify('flowrunner_work', $1)", run_id)
             while await store.list_runs(status="running", limit=1):
                 await asyncio.sleep(0.02)
             elapsed = time.perf_counter() - started
+            spent = sum(process_cpu(w.pid) - c for w, c in zip(workers, cpu[0], strict=True))
+            rest = machine_cpu() - cpu[1] - spent
+            per_run = f"workers {spent / runs * 1000:.2f} ms, the rest {rest / runs * 1000:.2f} ms"
+            print(f"  CPU per run: {per_run} (the rest: PostgreSQL, mostly)")
             failed = await store.list_runs(status="failed", limit=1)
             assert not failed, failed
             return elapsed, runs * 3
@@ -242,6 +247,19 @@ async def measure_workers(
             for worker in workers:
                 worker.wait(30)
             await store.close()
+
+
+def process_cpu(pid: int) -> float:
+    """Seconds of CPU a process has used (Linux: /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu() -> float:
+    """Seconds of CPU the whole machine has used, every core (Linux: /proc)."""
+    ticks = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    busy = sum(int(t) for t in ticks) - int(ticks[3]) - int(ticks[4])  # not idle, not iowait
+    return busy / os.sysconf("SC_CLK_TCK")
 
 
 def peers(python: str, size: int) -> None:
