@@ -117,19 +117,17 @@ class Executor:
             reply = await backend.complete(request, on_delta=delta)
         except AgentError as exc:
             raise AttemptFailed(str(exc)) from exc
-        await self.store.record_agent_call(
-            AgentCall(
-                claim.run_id,
-                step.id,
-                claim.attempt,
-                0,
-                step.persona,
-                full,
-                reply.text,
-                reply.backend,
-                reply.scripted,
-                self.clock(),
-            )
+        call = AgentCall(
+            claim.run_id,
+            step.id,
+            claim.attempt,
+            0,
+            step.persona,
+            full,
+            reply.text,
+            reply.backend,
+            reply.scripted,
+            self.clock(),
         )
         try:
             fields = parse_fields(reply.text, step.fields)
@@ -138,8 +136,10 @@ class Executor:
                 spec = step.output if isinstance(step.output, OutputSpec) else None
                 data = parse_json(reply.text, spec.json_schema if spec else None)
         except OutputError as exc:
+            await self.store.record_agent_call(call)  # a reply that failed is recorded too
             raise AttemptFailed(exc.message) from exc
-        return Done(StepResult(reply.text, fields, data, input=full, scripted=reply.scripted))
+        # recorded with the result, in the same transaction
+        return Done(StepResult(reply.text, fields, data, full, reply.scripted, call))
 
     async def _code(
         self,

@@ -30,7 +30,7 @@ from engine.runner.execute import AttemptFailed, Done, Executor, Publish, Skip, 
 from engine.runner.render import Renderer, RenderError, StepView
 from engine.runner.snapshot import CompiledFlow, Snapshot
 from engine.runner.state import RunState
-from engine.store.base import Capacity, Claim, Decision, Eager, Store
+from engine.store.base import Capacity, Claim, Decision, Eager, Finish, Store
 
 log = logging.getLogger("flowrunner.worker")
 
@@ -255,11 +255,13 @@ class Worker:
         eager = Eager(self.id, self.settings.lease_seconds, free_code, free_agents)
         if isinstance(outcome, Done):
             result = outcome.result
-            settled = await self.store.complete_step(claim, result, now, eager)
             view = StepView("completed", result.output, dict(result.fields), result.data, False)
+            finish = self._finish_ahead(state, claim.step_id, view)
+            settled = await self.store.complete_step(claim, result, now, eager, finish)
         else:
-            settled = await self.store.skip_step(claim, outcome.reason, now, eager)
             view = StepView("skipped", "", {}, None, True)
+            finish = self._finish_ahead(state, claim.step_id, view)
+            settled = await self.store.skip_step(claim, outcome.reason, now, eager, finish)
         if settled is None:
             return True, False
         state.views[claim.step_id] = view
@@ -268,9 +270,19 @@ class Worker:
         # an eager claim of this step's kind took the slot it freed
         refilled = any((c.kind == "agent") == (claim.kind == "agent") for c in settled.claims)
         if settled.unsettled == 0:
-            await self._finish_run(claim.run_id, self.clock())
+            if settled.finished:
+                self.states.pop(claim.run_id, None)
+            else:
+                await self._finish_run(claim.run_id, self.clock())
             return True, refilled
         return settled.ready_left, refilled
+
+    def _finish_ahead(self, state: RunState, step_id: str, view: StepView) -> Finish | None:
+        """How the run ends, when this worker has seen every other step of it settle: the
+        settlement of its last step then finishes it in the same transaction."""
+        if step_id in state.views or len(state.views) != len(state.plan.steps) - 1:
+            return None
+        return self._ending(state, {**state.views, step_id: view})
 
     async def _failed(self, claim: Claim, error: str, retryable: bool) -> None:
         self.writing.add(_key(claim))
@@ -368,19 +380,22 @@ class Worker:
         steps this worker settled are known already: only the others are read."""
         state = await self._state(run_id)
         await self._ensure_views(state, list(state.plan.steps))
-        status, report, error = RunStatus.COMPLETED, None, None
-        try:
-            report = self._report(state)
-        except RenderError as exc:
-            status, error = RunStatus.FAILED, exc.message
-        await self.store.finish_run(run_id, status, report, error, now)
+        ending = self._ending(state, state.views)
+        await self.store.finish_run(run_id, ending.status, ending.report, ending.error, now)
         self.states.pop(run_id, None)
 
-    def _report(self, state: RunState) -> str:
+    def _ending(self, state: RunState, views: dict[str, StepView]) -> Finish:
+        """The run's report from its steps' views, or the error rendering it."""
+        try:
+            return Finish(RunStatus.COMPLETED, self._report(state, views), None)
+        except RenderError as exc:
+            return Finish(RunStatus.FAILED, None, exc.message)
+
+    def _report(self, state: RunState, views: dict[str, StepView]) -> str:
         flow = state.compiled.flow
         if flow.report is not None:
-            return self.executor.renderer.render(flow.report, state.names(state.views), "report")
-        views, steps = state.views, state.plan.steps  # in execution order
+            return self.executor.renderer.render(flow.report, state.names(views), "report")
+        steps = state.plan.steps  # in execution order
         sinks = [
             (step_id, views[step_id].output)
             for step_id, step in steps.items()

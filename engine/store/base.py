@@ -110,11 +110,15 @@ class Claim:
 
 @dataclass(frozen=True, slots=True)
 class StepResult:
+    """A step's result; ``call`` is the agent call that produced it, recorded in the same
+    transaction (whether or not the result's fence holds: the call was made)."""
+
     output: str
     fields: Mapping[str, str] = field(default_factory=dict)
     data: Any = None
     input: str | None = None
     scripted: bool = False
+    call: AgentCall | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +130,17 @@ class Settled:
     unsettled: int
     claims: tuple[Claim, ...] = ()
     ready_left: bool = True
+    finished: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """How a run ends if a settlement settles its last step: the run is finished in the
+    same transaction (``finished`` in :class:`Settled`), as :meth:`Store.finish_run` would."""
+
+    status: RunStatus
+    report: str | None
+    error: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,13 +322,23 @@ class Store(ABC):
 
     @abstractmethod
     async def complete_step(
-        self, claim: Claim, result: StepResult, now: float, eager: Eager | None = None
+        self,
+        claim: Claim,
+        result: StepResult,
+        now: float,
+        eager: Eager | None = None,
+        finish: Finish | None = None,
     ) -> Settled | None:
         """Record a result; None (and a ``stale_result_refused`` event) if the lease is lost."""
 
     @abstractmethod
     async def skip_step(
-        self, claim: Claim, reason: str, now: float, eager: Eager | None = None
+        self,
+        claim: Claim,
+        reason: str,
+        now: float,
+        eager: Eager | None = None,
+        finish: Finish | None = None,
     ) -> Settled | None:
         """Settle a step whose `when` is false without running it."""
 

@@ -42,6 +42,7 @@ from engine.store.base import (
     Decision,
     Eager,
     Event,
+    Finish,
     NewRun,
     NotFound,
     RunRecord,
@@ -217,7 +218,11 @@ class _Settlement:
     payload: dict[str, Any]
     now: float
     eager: Eager | None
-    future: asyncio.Future[Settled | None]
+    call: AgentCall | None
+    finish: Finish | None
+    future: asyncio.Future[Settled | None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
 
 
 class PostgresStore(Store):
@@ -243,6 +248,7 @@ class PostgresStore(Store):
         self._pool: asyncpg.Pool | None = None
         self._subscribers: list[tuple[Callable[[str], None], bool]] = []
         self._listener: asyncio.Task[None] | None = None
+        self._listening_to_changes = False
         self._listening = asyncio.Event()
         self._pruned_at = 0.0
         self._changed: set[str] = set()
@@ -421,8 +427,13 @@ class PostgresStore(Store):
         only when that made steps ready to claim), and with ``""`` after the listening
         connection was re-established: something may have been missed."""
         self._subscribers.append((callback, work_only))
-        if self._listener is None:
-            self._listener = asyncio.create_task(self._listen())
+        changes = not all(only for _, only in self._subscribers)
+        if self._listener is not None and changes == self._listening_to_changes:
+            return
+        if self._listener is not None:  # listen again, to every change (rare: start-up)
+            self._listener.cancel()
+        self._listening_to_changes = changes
+        self._listener = asyncio.create_task(self._listen(changes))
 
     def _announce(self, run_ids: Iterable[str], work: bool = False) -> None:
         """Tell every process (NOTIFY) that these runs changed (and, with ``work``, have
@@ -461,7 +472,9 @@ class PostgresStore(Store):
             if work is None or work is work_only:
                 callback(run_id)
 
-    async def _listen(self) -> None:
+    async def _listen(self, changes: bool) -> None:
+        """Listen for work (and, with ``changes``, for every change: a worker alone does not
+        need them, and each would wake it for nothing)."""
         delay = 0.1
         while True:
             conn: Conn | None = None
@@ -469,7 +482,8 @@ class PostgresStore(Store):
                 conn = await self._connect()
                 lost = asyncio.Event()
                 conn.add_termination_listener(_setter(lost))
-                await conn.add_listener(CHANNEL, lambda *args: self._notify(args[3], False))
+                if changes:
+                    await conn.add_listener(CHANNEL, lambda *args: self._notify(args[3], False))
                 await conn.add_listener(WORK_CHANNEL, lambda *args: self._notify(args[3], True))
                 self._listening.set()
                 self._notify("")
@@ -722,7 +736,12 @@ class PostgresStore(Store):
         return await self._retrying(attempt, "heartbeat")
 
     async def complete_step(
-        self, claim: Claim, result: StepResult, now: float, eager: Eager | None = None
+        self,
+        claim: Claim,
+        result: StepResult,
+        now: float,
+        eager: Eager | None = None,
+        finish: Finish | None = None,
     ) -> Settled | None:
         values = (
             "completed",
@@ -733,26 +752,27 @@ class PostgresStore(Store):
             result.scripted,
         )
         payload = {"attempt": claim.attempt, "scripted": result.scripted}
-        return await self._settle_step(claim, values, "step_completed", payload, now, eager)
+        settlement = _Settlement(
+            claim, values, "step_completed", payload, now, eager, result.call, finish
+        )
+        return await self._settle_step(settlement)
 
     async def skip_step(
-        self, claim: Claim, reason: str, now: float, eager: Eager | None = None
+        self,
+        claim: Claim,
+        reason: str,
+        now: float,
+        eager: Eager | None = None,
+        finish: Finish | None = None,
     ) -> Settled | None:
         values = ("skipped", "", "{}", None, None, False)
         payload = {"reason": reason}
-        return await self._settle_step(claim, values, "step_skipped", payload, now, eager)
+        settlement = _Settlement(claim, values, "step_skipped", payload, now, eager, None, finish)
+        return await self._settle_step(settlement)
 
-    async def _settle_step(
-        self,
-        claim: Claim,
-        values: tuple[str, str, str, str | None, str | None, bool],
-        event: str,
-        payload: Mapping[str, Any],
-        now: float,
-        eager: Eager | None,
-    ) -> Settled | None:
-        """Complete or skip a claimed step (``values``: status, output, fields, data, input,
-        scripted) and settle it in one statement, committed on its own: the run's lock is
+    async def _settle_step(self, settlement: _Settlement) -> Settled | None:
+        """Complete or skip a claimed step (its ``values``: status, output, fields, data,
+        input, scripted) and settle it in one statement, committed on its own: the run's lock is
         held for that statement only, never across a round trip to this process. Steps
         excluded by the band that it reaches are settled right after (see
         :meth:`_reach_excluded`).
@@ -761,12 +781,11 @@ class PostgresStore(Store):
         process wait for it, then settle together in one statement: one lock of the run
         and one commit for all of them (a fan-out's steps would otherwise take the run's
         lock one at a time)."""
-        future: asyncio.Future[Settled | None] = asyncio.get_running_loop().create_future()
-        queue = self._settling.setdefault(claim.run_id, [])
-        queue.append(_Settlement(claim, values, event, dict(payload), now, eager, future))
-        if claim.run_id not in self._settlers:
-            self._settlers[claim.run_id] = asyncio.create_task(self._settle_run(claim.run_id))
-        return await future
+        run_id = settlement.claim.run_id
+        self._settling.setdefault(run_id, []).append(settlement)
+        if run_id not in self._settlers:
+            self._settlers[run_id] = asyncio.create_task(self._settle_run(run_id))
+        return await settlement.future
 
     async def _settle_run(self, run_id: str) -> None:
         """Settle what is queued for ``run_id``, in batches, until nothing is."""
@@ -803,6 +822,13 @@ class PostgresStore(Store):
         steps = [item.claim.step_id for item in batch]
         attempts = [item.claim.attempt for item in batch]
         columns = [list(column) for column in zip(*(item.values for item in batch), strict=True)]
+        calls = [_call_values(item.call) for item in batch]
+        call_columns = [list(column) for column in zip(*calls, strict=True)]
+        finish = next((item.finish for item in batch if item.finish is not None), None)
+        ending: tuple[str | None, ...] = (None, None, None, None)
+        if finish is not None:
+            payload = as_json({"error": finish.error} if finish.error else {})
+            ending = (str(finish.status), finish.report, finish.error, payload)
 
         async def settle(conn: Conn, token: str) -> tuple[list[asyncpg.Record], None]:
             rows = await conn.fetch(
@@ -821,6 +847,8 @@ class PostgresStore(Store):
                 token,
                 _lock_key(token),
                 agents,
+                *call_columns,
+                *ending,
             )
             return rows, None
 
@@ -844,7 +872,7 @@ class PostgresStore(Store):
                 await self._refuse(item)
                 results.append(None)
                 continue
-            results.append(Settled(result.unsettled, claims, result.ready_left))
+            results.append(Settled(result.unsettled, claims, result.ready_left, result.finished))
             claims = ()  # the eager claims are handed out once
         return results
 
@@ -860,7 +888,7 @@ class PostgresStore(Store):
             unsettled = await self._reach_excluded(run_id, now)
             ready_left = True  # what the excluded steps made ready is not known here
         self._announce([run_id], work=ready_left)
-        return Settled(unsettled, claims, ready_left)
+        return Settled(unsettled, claims, ready_left, rows[0]["finished"])
 
     async def _refuse(self, item: _Settlement) -> None:
         """Log a result whose fence did not hold (the lease was lost, the run ended)."""
@@ -1148,6 +1176,22 @@ async def _settled(tx: _Tx, run_id: str, rows: list[asyncpg.Record]) -> int:
         if not excluded:
             return unsettled
         rows = await tx.conn.fetch(Q["settle"], run_id, excluded, level, tx.now)
+
+
+def _call_values(call: AgentCall | None) -> tuple[Any, ...]:
+    """An agent call's columns in a settlement (sequence, persona, prompt, output, backend,
+    scripted, at); all NULL for a result without one."""
+    if call is None:
+        return (None,) * 7
+    return (
+        call.sequence,
+        call.persona,
+        call.prompt,
+        call.output,
+        call.backend,
+        call.scripted,
+        call.at,
+    )
 
 
 def _eager_capacity(batch: Sequence[_Settlement]) -> tuple[int, int]:

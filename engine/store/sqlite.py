@@ -32,6 +32,7 @@ from engine.store.base import (
     Decision,
     Eager,
     Event,
+    Finish,
     NewRun,
     NotFound,
     RunRecord,
@@ -121,12 +122,18 @@ def _refuse_stale(db: Db, claim: Claim, now: float) -> None:
 
 
 def _settle(
-    db: Db, run_id: str, dependents: str, now: float, eager: Eager | None = None
+    db: Db,
+    run_id: str,
+    dependents: str,
+    now: float,
+    eager: Eager | None = None,
+    finish: Finish | None = None,
 ) -> Settled:
     """A step settled: count it off its run, and its dependents (a JSON list) wait on one
     need fewer. A dependent excluded by the band whose needs have now all settled is
     settled as excluded on the spot, and so on down the graph. With ``eager``, steps
-    made ready are claimed at once, within its capacities and the run's max_parallel."""
+    made ready are claimed at once, within its capacities and the run's max_parallel;
+    with ``finish``, a run left with no unsettled step is finished."""
     queue = [dependents]
     unsettled = 0
     ready: list[str] = []
@@ -151,7 +158,40 @@ def _settle(
                 found.append(row)
         capacity = Capacity(agents=eager.agents, others=eager.others)
         claims = _take_within(db, found, capacity, eager.worker, now, eager.lease, 1)
-    return Settled(unsettled, tuple(claims), len(claims) < len(ready))
+    finished = finish is not None and unsettled == 0 and _finish(db, run_id, finish, now)
+    return Settled(unsettled, tuple(claims), len(claims) < len(ready), finished)
+
+
+def _finish(db: Db, run_id: str, finish: Finish, now: float) -> bool:
+    """Mark a running run whose steps have all settled as finished; False if it was not."""
+    params = {
+        "run_id": run_id,
+        "status": str(finish.status),
+        "report": finish.report,
+        "error": finish.error,
+        "now": now,
+    }
+    if not db.execute(Q["finish_run"], params).rowcount:
+        return False
+    payload = {"error": finish.error} if finish.error else {}
+    _events(db, run_id, [(None, f"run_{finish.status}", payload)], now)
+    return True
+
+
+def _record_call(db: Db, call: AgentCall) -> None:
+    params = {
+        "run_id": call.run_id,
+        "step_id": call.step_id,
+        "attempt": call.attempt,
+        "sequence": call.sequence,
+        "persona": call.persona,
+        "prompt": call.prompt,
+        "output": call.output,
+        "backend": call.backend,
+        "scripted": int(call.scripted),
+        "at": call.at,
+    }
+    db.execute(Q["record_agent_call"], params)
 
 
 def _mark_excluded(db: Db, run_id: str, step_id: str, now: float) -> None:
@@ -491,7 +531,12 @@ class SqliteStore(Store):
         return await self._call(body)
 
     async def complete_step(
-        self, claim: Claim, result: StepResult, now: float, eager: Eager | None = None
+        self,
+        claim: Claim,
+        result: StepResult,
+        now: float,
+        eager: Eager | None = None,
+        finish: Finish | None = None,
     ) -> Settled | None:
         params = {
             **_fence(claim),
@@ -504,18 +549,25 @@ class SqliteStore(Store):
         }
 
         def body(db: Db) -> Settled | None:
+            if result.call is not None:
+                _record_call(db, result.call)
             row = db.execute(Q["complete_step"], params).fetchone()
             if row is None:
                 _refuse_stale(db, claim, now)
                 return None
             payload = {"attempt": claim.attempt, "scripted": result.scripted}
             _events(db, claim.run_id, [(claim.step_id, "step_completed", payload)], now)
-            return _settle(db, claim.run_id, row["dependents"], now, eager)
+            return _settle(db, claim.run_id, row["dependents"], now, eager, finish)
 
         return await self._call(body)
 
     async def skip_step(
-        self, claim: Claim, reason: str, now: float, eager: Eager | None = None
+        self,
+        claim: Claim,
+        reason: str,
+        now: float,
+        eager: Eager | None = None,
+        finish: Finish | None = None,
     ) -> Settled | None:
         def body(db: Db) -> Settled | None:
             row = db.execute(Q["skip_step"], {**_fence(claim), "now": now}).fetchone()
@@ -523,7 +575,7 @@ class SqliteStore(Store):
                 _refuse_stale(db, claim, now)
                 return None
             _events(db, claim.run_id, [(claim.step_id, "step_skipped", {"reason": reason})], now)
-            return _settle(db, claim.run_id, row["dependents"], now, eager)
+            return _settle(db, claim.run_id, row["dependents"], now, eager, finish)
 
         return await self._call(body)
 
@@ -646,22 +698,7 @@ class SqliteStore(Store):
     async def finish_run(
         self, run_id: str, status: RunStatus, report: str | None, error: str | None, now: float
     ) -> bool:
-        params = {
-            "run_id": run_id,
-            "status": str(status),
-            "report": report,
-            "error": error,
-            "now": now,
-        }
-
-        def body(db: Db) -> bool:
-            if not db.execute(Q["finish_run"], params).rowcount:
-                return False
-            payload = {"error": error} if error else {}
-            _events(db, run_id, [(None, f"run_{status}", payload)], now)
-            return True
-
-        return await self._call(body)
+        return await self._call(lambda db: _finish(db, run_id, Finish(status, report, error), now))
 
     async def runs_to_finish(self) -> list[str]:
         return [row["id"] for row in await self._read("runs_to_finish", {})]
@@ -673,19 +710,7 @@ class SqliteStore(Store):
     # Agent calls and notes
 
     async def record_agent_call(self, call: AgentCall) -> None:
-        params = {
-            "run_id": call.run_id,
-            "step_id": call.step_id,
-            "attempt": call.attempt,
-            "sequence": call.sequence,
-            "persona": call.persona,
-            "prompt": call.prompt,
-            "output": call.output,
-            "backend": call.backend,
-            "scripted": int(call.scripted),
-            "at": call.at,
-        }
-        await self._call(lambda db: db.execute(Q["record_agent_call"], params))
+        await self._call(lambda db: _record_call(db, call))
 
     async def agent_calls(self, run_id: str, step_id: str | None = None) -> list[AgentCall]:
         rows = await self._read("agent_calls", {"run_id": run_id, "step_id": step_id})

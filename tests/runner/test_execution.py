@@ -1322,10 +1322,21 @@ async def test_a_wake_up_during_a_claim_is_not_lost(kit: ProjectKit, tmp_path: P
 
 
 class Counting(SqliteStore):
-    """The real store, counting the claims and the step reads a worker makes."""
+    """The real store, counting the claims, step reads, run finishes and agent call records
+    a worker makes on their own."""
 
     claims = 0
     reads = 0
+    finishes = 0
+    calls = 0
+
+    async def finish_run(self, *args: Any, **kwargs: Any):  # type: ignore[no-untyped-def]
+        self.finishes += 1
+        return await super().finish_run(*args, **kwargs)
+
+    async def record_agent_call(self, *args: Any, **kwargs: Any):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        return await super().record_agent_call(*args, **kwargs)
 
     async def claim(self, *args: Any, **kwargs: Any):  # type: ignore[no-untyped-def]
         self.claims += 1
@@ -1435,5 +1446,46 @@ async def test_a_worker_renders_the_report_from_the_steps_it_ran(
         await asyncio.wait_for(worker.run(until_idle=True), 20)
         assert store.reads == 0
         assert (await store.get_run(run_id)).report == "a-b"
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(
+    ("report", "status", "error"),
+    [
+        ("{{ steps.ask.output }}/{{ steps.last.output }}", "completed", None),
+        ("{{ steps.ask.output | nosuchfilter }}", "failed", "nosuchfilter"),
+    ],
+)
+async def test_the_last_settlement_ends_the_run_and_an_agent_result_brings_its_call(
+    kit: ProjectKit, tmp_path: Path, report: str, status: str, error: str | None
+) -> None:
+    """A worker that saw every other step settle ends the run with the last settlement, and
+    an agent step's call is written with its result: neither is a write of its own."""
+    module = kit.code("def word(ctx):\n    return 'done'\n")
+    checked = kit.checked(
+        f"""
+        version: 1
+        name: ends
+        steps:
+          - {{id: first, kind: code, call: "{module}:word"}}
+          - {{id: ask, kind: agent, prompt: "go", needs: [first]}}
+          - {{id: last, kind: code, call: "{module}:word", needs: [ask]}}
+        report: "{report}"
+        """
+    )
+    store = Counting(tmp_path / "ends.db")
+    await store.open()
+    try:
+        run_id = await launch(kit, store, checked)
+        worker = Worker(store, kit.project, scripted("yes"), run_id=run_id)
+        await asyncio.wait_for(worker.run(until_idle=True), 20)
+        assert (store.finishes, store.calls) == (0, 0)
+        run = await store.get_run(run_id)
+        assert (run.status, run.report) == (status, "yes/done" if error is None else None)
+        assert error is None or error in (run.error or "")
+        assert [c.output for c in await store.agent_calls(run_id)] == ["yes"]
+        names = [e.event for e in await events(store, run_id)]
+        assert names[-2:] == ["step_completed", f"run_{status}"]
     finally:
         await store.close()

@@ -15,6 +15,7 @@ from engine.store.base import (
     Conflict,
     Decision,
     Eager,
+    Finish,
     NewRun,
     NewStep,
     NotFound,
@@ -361,6 +362,65 @@ async def test_agent_calls_are_recorded_by_step_attempt_and_sequence(store: Stor
     calls = await store.agent_calls("r1", "b")
     assert [(c.sequence, c.prompt) for c in calls] == [(0, "prompt 0"), (1, "prompt 1")]
     assert await store.agent_calls("r1", "a") == []
+
+
+async def test_an_agent_call_is_recorded_with_its_result_even_when_refused(
+    store: Store,
+) -> None:
+    """The call comes with the result (one transaction); a stale result's call was made
+    all the same, and is kept."""
+    await store.create_run(diamond(), 1.0)
+    a = await claim_one(store, "a")
+    await store.complete_step(a, StepResult("x"), 2.0)
+    b = await claim_one(store, "b", now=2.0)
+    call = AgentCall("r1", "b", 1, 0, "p", "the prompt", "reply", "scripted", True, 3.0)
+    settled = await store.complete_step(b, StepResult("reply", input="the prompt", call=call), 3.0)
+    assert settled is not None
+    assert await store.agent_calls("r1", "b") == [call]
+    stale = replace(b, attempt=2)
+    late = replace(call, attempt=2, output="late")
+    assert await store.complete_step(stale, StepResult("late", call=late), 4.0) is None
+    assert [c.output for c in await store.agent_calls("r1", "b")] == ["reply", "late"]
+    (step,) = await store.get_steps("r1", ["b"])
+    assert step.output == "reply"
+
+
+async def test_the_last_settlement_finishes_its_run_when_told_how(store: Store) -> None:
+    """With a Finish, the settlement that leaves nothing unsettled ends the run, its event
+    right after the step's; an earlier settlement ignores it."""
+    await store.create_run(diamond(), 1.0)
+    finish = Finish(RunStatus.COMPLETED, "the report", None)
+    a = await claim_one(store, "a")
+    settled = await store.complete_step(a, StepResult("x"), 2.0, None, finish)
+    assert settled is not None and not settled.finished
+    assert (await store.get_run("r1")).status == RunStatus.RUNNING
+    b, c = await store.claim("w1", 2.0, 30, ALL, 3)
+    await store.complete_step(b, StepResult("x"), 3.0)
+    await store.skip_step(c, "no", 3.0, None, finish)
+    assert (await store.get_run("r1")).status == RunStatus.RUNNING
+    d = await claim_one(store, "d", now=3.0)
+    settled = await store.complete_step(d, StepResult("x"), 4.0, Eager("w1", 30, 5, 5), finish)
+    assert settled is not None and (settled.unsettled, settled.finished) == (0, True)
+    run = await store.get_run("r1")
+    assert (run.status, run.report, run.finished_at) == (RunStatus.COMPLETED, "the report", 4.0)
+    events = await store.events("r1")
+    assert [e.event for e in events][-2:] == ["step_completed", "run_completed"]
+    assert [e.id for e in events] == list(range(1, len(events) + 1))
+    assert not await store.finish_run("r1", RunStatus.COMPLETED, "again", None, 5.0)
+
+
+async def test_a_run_finished_by_its_last_skip_can_fail(store: Store) -> None:
+    """A report that did not render fails the run, with the error in its event."""
+    steps = [NewStep("a", "code", False, 0, 0, ())]
+    await store.create_run(replace(diamond(), steps=steps), 1.0)
+    a = await claim_one(store, "a")
+    finish = Finish(RunStatus.FAILED, None, "report: boom")
+    settled = await store.skip_step(a, "no", 2.0, None, finish)
+    assert settled is not None and settled.finished
+    run = await store.get_run("r1")
+    assert (run.status, run.report, run.error) == (RunStatus.FAILED, None, "report: boom")
+    (last,) = (await store.events("r1"))[-1:]
+    assert (last.event, last.payload) == ("run_failed", {"error": "report: boom"})
 
 
 async def test_runs_are_listed_newest_first_with_filters_and_pages(store: Store) -> None:

@@ -242,6 +242,38 @@ async def test_notifications_outlive_their_connection(
     assert "" not in await hear(heard, second)
 
 
+async def test_a_worker_listens_for_work_only_until_someone_wants_every_change(
+    open_store: OpenStore,
+) -> None:
+    """Work-only subscribers (workers) are not woken by every change of every run; a
+    subscriber to changes (an API process) makes the store listen to those too."""
+    listener, writer = await open_store(), await open_store()
+    delivered: list[tuple[str, bool | None]] = []
+    notify = listener._notify
+    listener._notify = lambda run_id, work=None: (
+        delivered.append((run_id, work)),
+        notify(run_id, work),
+    )  # type: ignore[method-assign]
+    work: asyncio.Queue[str] = asyncio.Queue()
+    listener.subscribe(work.put_nowait, work_only=True)
+    await hear(work, "")
+    quiet = unique()
+    await writer.create_run(diamond(quiet), 1.0)  # a change that makes work
+    assert await hear(work, quiet) == []
+    a = await claim_one(writer, "a")  # a change without work
+    await writer.complete_step(a, StepResult("x"), 2.0)
+    assert await hear(work, quiet) == []
+    assert (quiet, True) in delivered and (quiet, False) not in delivered
+
+    changes: asyncio.Queue[str] = asyncio.Queue()
+    listener.subscribe(changes.put_nowait)
+    await hear(changes, "")  # listening again, to changes too
+    loud = unique()
+    await writer.create_run(diamond(loud), 3.0)
+    await hear(changes, loud)
+    await hear(work, loud)
+
+
 # Lost connections
 
 
@@ -479,7 +511,8 @@ def test_a_batch_frees_one_slot_of_each_kind_per_step() -> None:
     def item(kind: str, others: int, agents: int) -> _Settlement:
         claim = Claim("r1", f"s-{kind}-{others}", kind, 1, 0, "w1")
         eager = Eager("w1", 30, others, agents)
-        return _Settlement(claim, (), "step_completed", {}, 1.0, eager, None)  # type: ignore[arg-type]
+        values = ("completed", "", "{}", None, None, False)
+        return _Settlement(claim, values, "step_completed", {}, 1.0, eager, None, None, None)  # type: ignore[arg-type]
 
     # max_code 4 with 1 other code step running, max_agents 2 with nothing else running:
     batch = [item("code", 2, 1), item("code", 2, 1), item("agent", 1, 2)]

@@ -314,7 +314,10 @@ WHERE s.status = 'running' AND s.lease_owner = $4;
 -- agent steps (within the run's max_parallel) they make ready; count the steps off the
 -- run; append their events in the order given, then the step_started events; leave the
 -- receipt ($17, its result "adopt": see PostgresStore._adopt) and hold its lock ($18,
--- see receipt_lock).
+-- see receipt_lock). Record the agent calls given with the results ($20..$26: sequence,
+-- persona, prompt, output, backend (NULL: no call), scripted, at), fence or not. With a
+-- finish ($27 status, $28 report, $29 error, $30 payload), a run left with no unsettled
+-- step is finished, with its event last (`finished` in the rows).
 -- No row when no fence holds; else one row per dependent (or one row of NULLs), each with
 -- the run's unsettled count and `settled`, the steps settled. A statement that waited for
 -- the run's lock reads the steps as they were when it began: only `candidate` (which
@@ -323,9 +326,21 @@ WHERE s.status = 'running' AND s.lease_owner = $4;
 WITH given AS (
     SELECT * FROM unnest($2::text[], $3::text[], $4::int[], $5::text[], $6::text[],
                          $7::text[], $8::text[], $9::text[], $10::bool[], $15::text[],
-                         $16::text[])
+                         $16::text[], $20::int[], $21::text[], $22::text[], $23::text[],
+                         $24::text[], $25::bool[], $26::float8[])
         WITH ORDINALITY AS g(step_id, owner, attempt, status, output, fields, data, input,
-                             scripted, event, payload, nth)
+                             scripted, event, payload, sequence, persona, prompt, reply,
+                             backend, call_scripted, called_at, nth)
+), called AS (
+    INSERT INTO agent_calls (
+        run_id, step_id, attempt, sequence, persona, prompt, output, backend, scripted, at
+    )
+    SELECT $1, step_id, attempt, sequence, persona, prompt, reply, backend, call_scripted,
+           called_at
+    FROM given WHERE backend IS NOT NULL
+    ON CONFLICT (run_id, step_id, attempt, sequence) DO UPDATE
+    SET persona = excluded.persona, prompt = excluded.prompt, output = excluded.output,
+        backend = excluded.backend, scripted = excluded.scripted, at = excluded.at
 ), done AS (
     UPDATE steps
     SET status = g.status, output = g.output, fields = g.fields, data = g.data,
@@ -384,25 +399,42 @@ WITH given AS (
     SELECT count(*) AS n FROM dependent WHERE taken
 ), settled AS (
     SELECT count(*) AS n, array_agg(step_id) AS ids FROM done
-), run AS (
+), run AS (  -- ends when $27 is given and the run's latest row has only these unsettled
     UPDATE runs
-    SET unsettled = unsettled - (SELECT n FROM settled), updated_at = $11,
-        last_event = last_event + (SELECT n FROM settled) + (SELECT n FROM taken)
+    SET unsettled = unsettled - settled.n, updated_at = $11,
+        last_event = last_event + settled.n + (SELECT n FROM taken)
+                     + ($27::text IS NOT NULL AND unsettled = settled.n)::int,
+        status = CASE WHEN $27::text IS NOT NULL AND unsettled = settled.n THEN $27
+                      ELSE status END,
+        report = CASE WHEN $27::text IS NOT NULL AND unsettled = settled.n THEN $28
+                      ELSE report END,
+        error = CASE WHEN $27::text IS NOT NULL AND unsettled = settled.n THEN $29
+                     ELSE error END,
+        finished_at = CASE WHEN $27::text IS NOT NULL AND unsettled = settled.n THEN $11
+                           ELSE finished_at END
+    FROM settled
     WHERE id = $1 AND EXISTS (SELECT 1 FROM done)
-    RETURNING unsettled, last_event
+    RETURNING unsettled, last_event, ($27::text IS NOT NULL AND unsettled = 0) AS finished
 ), logged AS (
     INSERT INTO events (run_id, id, step_id, event, payload, at)
-    SELECT $1, run.last_event - taken.n - settled.n + row_number() OVER (ORDER BY done.nth),
+    SELECT $1,
+           run.last_event - run.finished::int - taken.n - settled.n
+               + row_number() OVER (ORDER BY done.nth),
            done.step_id, done.event, done.payload, $11
     FROM run, taken, settled, done
     UNION ALL
-    SELECT $1, run.last_event - taken.n + row_number() OVER (ORDER BY d.position), d.step_id,
-           'step_started', json_build_object('attempt', d.attempts, 'worker', $12)::text, $11
+    SELECT $1, run.last_event - run.finished::int - taken.n
+               + row_number() OVER (ORDER BY d.position),
+           d.step_id, 'step_started',
+           json_build_object('attempt', d.attempts, 'worker', $12)::text, $11
     FROM run, taken, dependent d WHERE d.taken
+    UNION ALL
+    SELECT $1, run.last_event, NULL, 'run_' || $27, $30, $11 FROM run WHERE run.finished
 ), receipt AS (
     INSERT INTO commits (token, result, at) SELECT $17, '"adopt"', $11 FROM run
 )
-SELECT run.unsettled, settled.ids AS settled, pg_advisory_xact_lock($18) AS held, dependent.*
+SELECT run.unsettled, run.finished, settled.ids AS settled, pg_advisory_xact_lock($18) AS held,
+       dependent.*
 FROM run CROSS JOIN settled LEFT JOIN dependent ON true;
 
 -- name: settled_attempts
