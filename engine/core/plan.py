@@ -56,6 +56,7 @@ class RunPlan:
     band: str | None
     steps: Mapping[str, StepPlan]
     max_parallel: int | None
+    sinks: int  # steps nothing needs: when they have all settled, so has every step
 
     def __getitem__(self, step_id: str) -> StepPlan:
         return self.steps[step_id]
@@ -87,7 +88,8 @@ def make_plan(flow: Flow, order: tuple[str, ...], band: str | None) -> RunPlan:
             timeout=float(seconds(step.timeout)) if step.timeout else None,
             agent=isinstance(step, AgentStep),
         )
-    return RunPlan(band, steps, flow.max_parallel)
+    sinks = sum(not step.dependents for step in steps.values())
+    return RunPlan(band, steps, flow.max_parallel, sinks)
 
 
 def default_band(flow: Flow) -> str | None:

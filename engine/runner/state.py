@@ -14,11 +14,29 @@ from engine.store.base import RunRecord
 
 @dataclass
 class RunState:
-    """One run as a worker sees it; ``views`` caches settled steps (they never change)."""
+    """One run as a worker sees it; ``views`` caches settled steps (they never change),
+    added through :meth:`add_view`."""
 
     record: RunRecord
     compiled: CompiledFlow
     views: dict[str, StepView] = field(default_factory=dict)
+    settled_sinks: int = 0
+
+    def add_view(self, step_id: str, view: StepView) -> None:
+        if step_id not in self.views:
+            self.views[step_id] = view
+            self.settled_sinks += not self.plan[step_id].dependents
+
+    def ends_with(self, step_id: str) -> bool:
+        """Whether settling this step settles the run's last step, as far as this worker
+        has seen: it is the one sink (a step nothing needs) not seen settled. Every step
+        has settled once every sink has (a sink settles after all it needs)."""
+        plan = self.plan
+        return (
+            not plan[step_id].dependents
+            and step_id not in self.views
+            and self.settled_sinks == plan.sinks - 1
+        )
 
     @property
     def plan(self) -> RunPlan:

@@ -30,7 +30,7 @@ from engine.runner.execute import AttemptFailed, Done, Executor, Publish, Skip, 
 from engine.runner.render import Renderer, RenderError, StepView
 from engine.runner.snapshot import CompiledFlow, Snapshot
 from engine.runner.state import RunState
-from engine.store.base import Capacity, Claim, Decision, Eager, Finish, Store
+from engine.store.base import Capacity, Claim, Decision, Eager, Finish, RunRecord, Store
 
 log = logging.getLogger("flowrunner.worker")
 
@@ -202,7 +202,7 @@ class Worker:
     async def _execute(self, claim: Claim) -> None:
         wake, refilled = True, False
         try:
-            state = await self._state(claim.run_id)
+            state = await self._state(claim.run_id, claim.run)
             await self._ensure_views(state, state.needed(claim.step_id))
             step = state.plan[claim.step_id]
             loop = asyncio.get_running_loop()
@@ -256,15 +256,15 @@ class Worker:
         if isinstance(outcome, Done):
             result = outcome.result
             view = StepView("completed", result.output, dict(result.fields), result.data, False)
-            finish = self._finish_ahead(state, claim.step_id, view)
+            finish = await self._finish_ahead(state, claim.step_id, view)
             settled = await self.store.complete_step(claim, result, now, eager, finish)
         else:
             view = StepView("skipped", "", {}, None, True)
-            finish = self._finish_ahead(state, claim.step_id, view)
+            finish = await self._finish_ahead(state, claim.step_id, view)
             settled = await self.store.skip_step(claim, outcome.reason, now, eager, finish)
         if settled is None:
             return True, False
-        state.views[claim.step_id] = view
+        state.add_view(claim.step_id, view)
         for taken in settled.claims:
             self._start(taken)
         # an eager claim of this step's kind took the slot it freed
@@ -277,11 +277,13 @@ class Worker:
             return True, refilled
         return settled.ready_left, refilled
 
-    def _finish_ahead(self, state: RunState, step_id: str, view: StepView) -> Finish | None:
-        """How the run ends, when this worker has seen every other step of it settle: the
-        settlement of its last step then finishes it in the same transaction."""
-        if step_id in state.views or len(state.views) != len(state.plan.steps) - 1:
+    async def _finish_ahead(self, state: RunState, step_id: str, view: StepView) -> Finish | None:
+        """How the run ends, when this step looks like its last (see RunState.ends_with):
+        the settlement then finishes the run in the same transaction, if it is."""
+        if not state.ends_with(step_id):
             return None
+        if state.compiled.flow.report is not None:  # it may read any step
+            await self._ensure_views(state, [s for s in state.plan.steps if s != step_id])
         return self._ending(state, {**state.views, step_id: view})
 
     async def _failed(self, claim: Claim, error: str, retryable: bool) -> None:
@@ -331,10 +333,12 @@ class Worker:
 
     # Runs
 
-    async def _state(self, run_id: str) -> RunState:
+    async def _state(self, run_id: str, record: RunRecord | None = None) -> RunState:
+        """The run as this worker keeps it; ``record`` (if the claim brought it) spares a read."""
         state = self.states.get(run_id)
         if state is None:
-            record = await self.store.get_run(run_id)
+            if record is None:
+                record = await self.store.get_run(run_id)
             compiled = self.compiled.get(record.snapshot_hash)
             if compiled is None:
                 snapshot = Snapshot.from_json(await self.store.get_snapshot(run_id))
@@ -349,7 +353,7 @@ class Worker:
         if missing:
             for record in await self.store.get_steps(state.record.id, missing):
                 if record.status in SETTLED:
-                    state.views[record.id] = StepView.of(record)
+                    state.add_view(record.id, StepView.of(record))
 
     def _backend_for(self, state: RunState) -> Backend:
         source = state.record.replay_of

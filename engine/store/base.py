@@ -98,7 +98,8 @@ class StepRecord:
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """A step this worker holds until ``lease_expires``; ``attempt`` fences its writes."""
+    """A step this worker holds until ``lease_expires``; ``attempt`` fences its writes.
+    ``run`` is the run's record when the claim brought it along (it spares a read)."""
 
     run_id: str
     step_id: str
@@ -106,6 +107,7 @@ class Claim:
     attempt: int
     failures: int
     worker: str
+    run: RunRecord | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

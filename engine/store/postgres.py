@@ -26,7 +26,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
@@ -675,7 +675,10 @@ class PostgresStore(Store):
                 token,
                 _lock_key(token),
             )
-            return list(_claims(rows, worker))
+            return [
+                replace(claim, run=run_record(row))
+                for claim, row in zip(_claims(rows, worker), rows, strict=True)
+            ]
 
         async def adopt() -> list[Claim]:  # what the lost statement claimed
             return list(_claims(await self._fetch("leased_to", worker, None), worker))

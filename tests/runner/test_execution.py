@@ -1,4 +1,5 @@
-"""Execution semantics of runs, driven in-process: a real SQLite store, a real worker."""
+"""Execution semantics of runs, driven in-process: a real SQLite store (PostgreSQL where
+said), a real worker."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +18,11 @@ from engine.errors import Conflict, InvalidInput
 from engine.runner import service
 from engine.runner.outputs import SEPARATOR
 from engine.runner.worker import Worker
+from engine.store.base import Capacity, StepResult
+from engine.store.postgres import PostgresStore
 from engine.store.sqlite import SqliteStore
 from tests.fakes.chat_server import ChatServer
+from tests.postgres import fresh_schema
 
 from .conftest import (
     ProjectKit,
@@ -1451,17 +1456,19 @@ async def test_a_worker_renders_the_report_from_the_steps_it_ran(
 
 
 @pytest.mark.parametrize(
-    ("report", "status", "error"),
+    ("report", "status", "ending"),
     [
-        ("{{ steps.ask.output }}/{{ steps.last.output }}", "completed", None),
-        ("{{ steps.ask.output | nosuchfilter }}", "failed", "nosuchfilter"),
+        ("", "completed", "## last\n\ndone"),
+        ('report: "{{ steps.first.output }}/{{ steps.ask.output }}"', "completed", "done/yes"),
+        ('report: "{{ steps.ask.output | nosuchfilter }}"', "failed", "nosuchfilter"),
     ],
 )
 async def test_the_last_settlement_ends_the_run_and_an_agent_result_brings_its_call(
-    kit: ProjectKit, tmp_path: Path, report: str, status: str, error: str | None
+    kit: ProjectKit, tmp_path: Path, report: str, status: str, ending: str
 ) -> None:
-    """A worker that saw every other step settle ends the run with the last settlement, and
-    an agent step's call is written with its result: neither is a write of its own."""
+    """The worker that settles the last step ends the run in that write, even when another
+    worker ran the first step (a report template reads it back); an agent step's call is
+    written with its result. Neither is a write of its own."""
     module = kit.code("def word(ctx):\n    return 'done'\n")
     checked = kit.checked(
         f"""
@@ -1471,21 +1478,67 @@ async def test_the_last_settlement_ends_the_run_and_an_agent_result_brings_its_c
           - {{id: first, kind: code, call: "{module}:word"}}
           - {{id: ask, kind: agent, prompt: "go", needs: [first]}}
           - {{id: last, kind: code, call: "{module}:word", needs: [ask]}}
-        report: "{report}"
+        {report}
         """
     )
     store = Counting(tmp_path / "ends.db")
     await store.open()
     try:
         run_id = await launch(kit, store, checked)
+        (first,) = await store.claim("elsewhere", 1.0, 30, Capacity(1, 1), 3)
+        assert await store.complete_step(first, StepResult("done"), 1.0)
         worker = Worker(store, kit.project, scripted("yes"), run_id=run_id)
         await asyncio.wait_for(worker.run(until_idle=True), 20)
         assert (store.finishes, store.calls) == (0, 0)
+        assert store.reads == (1 if report else 0)  # a report template may read any step
         run = await store.get_run(run_id)
-        assert (run.status, run.report) == (status, "yes/done" if error is None else None)
-        assert error is None or error in (run.error or "")
+        assert run.status == status
+        assert ending in (run.report if status == "completed" else run.error or "")
         assert [c.output for c in await store.agent_calls(run_id)] == ["yes"]
         names = [e.event for e in await events(store, run_id)]
         assert names[-2:] == ["step_completed", f"run_{status}"]
+    finally:
+        await store.close()
+
+
+class RunReads(PostgresStore):
+    """The real PostgreSQL store, counting the runs read."""
+
+    run_reads = 0
+
+    async def get_run(self, run_id: str):  # type: ignore[no-untyped-def]
+        self.run_reads += 1
+        return await super().get_run(run_id)
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """A fresh PostgreSQL schema (asked for before ``kit``, which clears the environment)."""
+    async with fresh_schema() as url:
+        yield url
+
+
+async def test_a_worker_on_postgres_takes_the_run_from_its_claim(
+    postgres_url: str, kit: ProjectKit
+) -> None:
+    """The claim brings the run's record along: the worker reads no run to execute it."""
+    module = kit.code("def word(ctx):\n    return 'done'\n")
+    checked = kit.checked(
+        f"""
+        version: 1
+        name: pair
+        steps:
+          - {{id: first, kind: code, call: "{module}:word"}}
+          - {{id: second, kind: code, call: "{module}:word", needs: [first]}}
+        """
+    )
+    store = RunReads(postgres_url)
+    await store.open()
+    try:
+        run_id = await launch(kit, store, checked)
+        worker = Worker(store, kit.project, scripted("-"), run_id=run_id)
+        await asyncio.wait_for(worker.run(until_idle=True), 20)
+        assert store.run_reads == 0
+        assert (await store.get_run(run_id)).status == "completed"
     finally:
         await store.close()

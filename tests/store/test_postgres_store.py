@@ -36,7 +36,7 @@ from engine.store.postgres import PostgresStore, _eager_capacity, _Settlement
 from engine.store.queries import load_queries
 from tests.pgproxy import Proxy
 from tests.postgres import fresh_schema
-from tests.store.test_conformance import claim_ids, claim_one, diamond, event_names
+from tests.store.test_conformance import ALL, claim_ids, claim_one, diamond, event_names
 
 OpenStore = Callable[..., Awaitable[PostgresStore]]
 Q = load_queries("postgres")
@@ -517,6 +517,17 @@ def test_a_batch_frees_one_slot_of_each_kind_per_step() -> None:
     # max_code 4 with 1 other code step running, max_agents 2 with nothing else running:
     batch = [item("code", 2, 1), item("code", 2, 1), item("agent", 1, 2)]
     assert _eager_capacity(batch) == (3, 2)
+
+
+async def test_a_claim_brings_each_steps_run_along(open_store: OpenStore) -> None:
+    """A worker that claims a step of a run it has not seen need not read the run."""
+    store = await open_store()
+    await store.create_run(diamond("r1"), 1.0)
+    await store.create_run(diamond("r2", max_parallel=3), 1.5)
+    claims = await store.claim("w1", 2.0, 30, ALL, 3)
+    assert [(c.run_id, c.step_id) for c in claims] == [("r1", "a"), ("r2", "a")]
+    for claim in claims:
+        assert claim.run == await store.get_run(claim.run_id)
 
 
 async def test_a_claim_looks_up_its_runs_by_key_without_statistics(

@@ -152,7 +152,7 @@ SELECT EXISTS (
 -- step_started events, leave the receipt ($7) and hold its lock ($8). The runs are
 -- locked first, in id order (the lock order of every write: a claim may wait for a
 -- settlement of the same run, about a millisecond, never deadlock); steps another claim
--- holds are skipped. The runs to lock: those of the first $3 ready agent steps and the
+-- holds are skipped; each step comes with its run's record. The runs to lock: those of the first $3 ready agent steps and the
 -- first $4 others, each a range of steps_ready (which leads with `agent`), so neither kind
 -- is found by reading past the other.
 WITH ready_runs AS (
@@ -171,10 +171,13 @@ WITH ready_runs AS (
     ) AS first_ready
     GROUP BY run_id
 ), locked AS (  -- each run looked up by its key, in id order, whatever the statistics
-    SELECT r.id, r.max_parallel
+    SELECT r.*
     FROM (SELECT run_id FROM ready_runs ORDER BY run_id) AS w
     CROSS JOIN LATERAL (
-        SELECT id, max_parallel, status FROM runs WHERE id = w.run_id LIMIT 1 FOR UPDATE
+        SELECT id, max_parallel, flow, status, band, model, inputs, launched_by, replay_of,
+               unsettled, report, error, created_at, updated_at, finished_at, snapshot_hash,
+               request_hash
+        FROM runs WHERE id = w.run_id LIMIT 1 FOR UPDATE
     ) AS r
     WHERE r.status = 'running'
 ), candidate AS (
@@ -227,8 +230,11 @@ WITH ready_runs AS (
     INSERT INTO commits (token, result, at)
     SELECT $7, '"claimed"', $1 WHERE EXISTS (SELECT 1 FROM taken)
 )
-SELECT t.run_id, t.step_id, t.kind, t.attempts, t.failures, pg_advisory_xact_lock($8) AS held
-FROM taken t ORDER BY t.run_id, t.position;
+SELECT t.run_id, t.step_id, t.kind, t.attempts, t.failures, pg_advisory_xact_lock($8) AS held,
+       l.id, l.flow, l.status, l.band, l.model, l.inputs, l.launched_by, l.replay_of,
+       l.unsettled, l.report, l.error, l.created_at, $1::float8 AS updated_at, l.finished_at,
+       l.snapshot_hash, l.request_hash  -- the run as claimed (a worker need not read it)
+FROM taken t JOIN locked l ON l.id = t.run_id ORDER BY t.run_id, t.position;
 
 -- name: leased_to
 -- The steps leased to a worker ($1), of one run ($2) or all: what a write whose
