@@ -549,12 +549,12 @@ class PostgresStore(Store):
                 Q["insert_steps"],
                 run.id,
                 [step.id for step in steps],
-                [step.position for step in steps],
+                _texts(step.position for step in steps),
                 [step.kind for step in steps],
-                [step.agent for step in steps],
-                [step.waiting_on for step in steps],
+                _texts(step.agent for step in steps),
+                _texts(step.waiting_on for step in steps),
                 [as_json(list(step.dependents)) for step in steps],
-                [step.excluded for step in steps],
+                _texts(step.excluded for step in steps),
             )
             started = {"flow": run.flow, "band": run.band, "model": run.model}
             tx.event(run.id, None, "run_started", started)
@@ -725,7 +725,7 @@ class PostgresStore(Store):
             return set()
         runs = [claim.run_id for claim in claims]
         steps = [claim.step_id for claim in claims]
-        attempts = [claim.attempt for claim in claims]
+        attempts = _texts(claim.attempt for claim in claims)
 
         async def attempt(conn: Conn) -> set[tuple[str, str]]:
             args = (runs, steps, attempts, worker)
@@ -823,10 +823,11 @@ class PostgresStore(Store):
         expires = now + eagers[0].lease if eagers else None
         others, agents = _eager_capacity(batch)
         steps = [item.claim.step_id for item in batch]
-        attempts = [item.claim.attempt for item in batch]
+        attempts = _texts(item.claim.attempt for item in batch)
         columns = [list(column) for column in zip(*(item.values for item in batch), strict=True)]
+        columns[5] = _texts(columns[5])  # scripted
         calls = [_call_values(item.call) for item in batch]
-        call_columns = [list(column) for column in zip(*calls, strict=True)]
+        call_columns = [_texts(column) for column in zip(*calls, strict=True)]
         finish = next((item.finish for item in batch if item.finish is not None), None)
         ending: tuple[str | None, ...] = (None, None, None, None)
         if finish is not None:
@@ -1029,7 +1030,7 @@ class PostgresStore(Store):
                 raise Conflict(
                     f"run '{run_id}' is {status}: only failed or cancelled runs can be retried"
                 )
-            await conn.execute(Q["reset_steps"], run_id, list(resets), list(resets.values()))
+            await conn.execute(Q["reset_steps"], run_id, list(resets), _texts(resets.values()))
             tx.event(run_id, None, "run_retried", {"steps": list(resets)})
             await _reach_excluded(tx, run_id)
 
@@ -1179,6 +1180,11 @@ async def _settled(tx: _Tx, run_id: str, rows: list[asyncpg.Record]) -> int:
         if not excluded:
             return unsettled
         rows = await tx.conn.fetch(Q["settle"], run_id, excluded, level, tx.now)
+
+
+def _texts(values: Iterable[Any]) -> list[str | None]:
+    """Numbers and booleans as text, for an array the query casts (see queries.sql)."""
+    return [None if value is None else str(value) for value in values]
 
 
 def _call_values(call: AgentCall | None) -> tuple[Any, ...]:

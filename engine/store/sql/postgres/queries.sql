@@ -1,3 +1,7 @@
+-- Arrays of numbers and booleans are sent as text[] and cast here (`$3::text[]::int[]`):
+-- asyncpg knows no binary codec for int[], bool[] or float8[] until it has asked the
+-- server, and it asks once per connection, a query that costs ~10 ms of server CPU.
+--
 -- Wake-ups (NOTIFY) are sent after the writes commit, batched (PostgresStore._announce):
 -- a NOTIFY inside a write would serialize every commit on the database's notify lock.
 --
@@ -26,7 +30,7 @@ INSERT INTO steps (run_id, step_id, position, kind, agent, status, waiting_on, d
 SELECT $1, s.step_id, s.position, s.kind, s.agent, 'pending', s.waiting_on,
        (SELECT coalesce(array_agg(d), '{}') FROM json_array_elements_text(s.dependents::json) d),
        s.excluded
-FROM unnest($2::text[], $3::int[], $4::text[], $5::bool[], $6::int[], $7::text[], $8::bool[])
+FROM unnest($2::text[], $3::text[]::int[], $4::text[], $5::text[]::bool[], $6::text[]::int[], $7::text[], $8::text[]::bool[])
      AS s(step_id, position, kind, agent, waiting_on, dependents, excluded);
 
 -- name: run_by_key
@@ -296,7 +300,7 @@ WHERE run_id = $1 AND step_id = $2;
 UPDATE steps SET lease_expires = $5
 WHERE (run_id, step_id, attempts) IN (
     SELECT s.run_id, s.step_id, s.attempts
-    FROM steps s JOIN unnest($1::text[], $2::text[], $3::int[]) AS c(run_id, step_id, attempt)
+    FROM steps s JOIN unnest($1::text[], $2::text[], $3::text[]::int[]) AS c(run_id, step_id, attempt)
          ON s.run_id = c.run_id AND s.step_id = c.step_id AND s.attempts = c.attempt
     WHERE s.status = 'running' AND s.lease_owner = $4
     FOR UPDATE OF s SKIP LOCKED
@@ -305,7 +309,7 @@ RETURNING run_id, step_id;
 
 -- name: held_leases
 SELECT s.run_id, s.step_id
-FROM steps s JOIN unnest($1::text[], $2::text[], $3::int[]) AS c(run_id, step_id, attempt)
+FROM steps s JOIN unnest($1::text[], $2::text[], $3::text[]::int[]) AS c(run_id, step_id, attempt)
      ON s.run_id = c.run_id AND s.step_id = c.step_id AND s.attempts = c.attempt
 WHERE s.status = 'running' AND s.lease_owner = $4;
 
@@ -330,10 +334,10 @@ WHERE s.status = 'running' AND s.lease_owner = $4;
 -- steps to take at once) can be stale, and only in the safe direction (a step is taken
 -- only if its last needs are these); the UPDATEs act on the latest rows.
 WITH given AS (
-    SELECT * FROM unnest($2::text[], $3::text[], $4::int[], $5::text[], $6::text[],
-                         $7::text[], $8::text[], $9::text[], $10::bool[], $15::text[],
-                         $16::text[], $20::int[], $21::text[], $22::text[], $23::text[],
-                         $24::text[], $25::bool[], $26::float8[])
+    SELECT * FROM unnest($2::text[], $3::text[], $4::text[]::int[], $5::text[], $6::text[],
+                         $7::text[], $8::text[], $9::text[], $10::text[]::bool[], $15::text[],
+                         $16::text[], $20::text[]::int[], $21::text[], $22::text[], $23::text[],
+                         $24::text[], $25::text[]::bool[], $26::text[]::float8[])
         WITH ORDINALITY AS g(step_id, owner, attempt, status, output, fields, data, input,
                              scripted, event, payload, sequence, persona, prompt, reply,
                              backend, call_scripted, called_at, nth)
@@ -447,7 +451,7 @@ FROM run CROSS JOIN settled LEFT JOIN dependent ON true;
 -- Which of these steps ($2) of a run ($1) are settled at these attempts ($3): after a
 -- lost acknowledgement, which results of a batch settlement were recorded.
 SELECT s.step_id FROM steps s
-JOIN unnest($2::text[], $3::int[]) AS g(step_id, attempt) ON g.step_id = s.step_id
+JOIN unnest($2::text[], $3::text[]::int[]) AS g(step_id, attempt) ON g.step_id = s.step_id
 WHERE s.run_id = $1 AND s.attempts = g.attempt AND s.status IN ('completed', 'skipped');
 
 -- name: retry_step
@@ -556,7 +560,7 @@ UPDATE steps
 SET status = 'pending', waiting_on = r.waiting_on, failures = 0, crashes = 0, ready_at = 0,
     lease_owner = NULL, lease_expires = NULL, deadline = NULL, error = NULL, output = NULL,
     fields = NULL, data = NULL, finished_at = NULL
-FROM unnest($2::text[], $3::int[]) AS r(step_id, waiting_on)
+FROM unnest($2::text[], $3::text[]::int[]) AS r(step_id, waiting_on)
 WHERE steps.run_id = $1 AND steps.step_id = r.step_id;
 
 -- name: analyze_steps
