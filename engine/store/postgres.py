@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import math
+import secrets
 import time
-import uuid
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -255,6 +256,14 @@ class PostgresStore(Store):
         self._worked: set[str] = set()
         self._announcing = asyncio.Event()
         self._announcer: asyncio.Task[None] | None = None
+        self._tokens = itertools.count(secrets.randbits(64))
+        self._token_suffix = secrets.token_hex(8)
+
+    def _token(self) -> str:
+        """A write's receipt token: its first 64 bits (its lock, see _lock_key) count up from
+        a random start, unique among this store's writes in flight; 64 random bits follow.
+        (A uuid4 per write read the OS's random source every time.)"""
+        return f"{next(self._tokens) % 2**64:016x}{self._token_suffix}"
 
     # Connections
 
@@ -340,7 +349,10 @@ class PostgresStore(Store):
         delay = 0.05
         while True:
             try:
-                async with pool.acquire(timeout=self.connect_timeout) as conn:
+                # No timeout of its own: opening a connection is bounded by the pool's
+                # connect timeout and a busy one frees within the statement timeout (a
+                # timeout here would cost a task per acquire, on every statement).
+                async with pool.acquire() as conn:
                     try:
                         return await attempt(conn)
                     except TRANSIENT:
@@ -379,7 +391,7 @@ class PostgresStore(Store):
         receipt says whether it committed (and what it returned) before anything
         runs again.
         """
-        token = uuid.uuid4().hex
+        token = self._token()
         at = time.time() if now is None else now
         uncertain = False
         changed: list[str] = []
@@ -696,7 +708,7 @@ class PostgresStore(Store):
         """Run one write statement that commits on its own and leaves a receipt under the token
         ``run`` is given. When the connection is lost after it was sent, the outcome is
         unknown: once its receipt says it committed, ``recover`` tells what it did."""
-        token = uuid.uuid4().hex
+        token = self._token()
         sent = False
 
         async def attempt(conn: Conn) -> T:

@@ -32,7 +32,7 @@ from engine.store.base import (
     StepResult,
     StoreError,
 )
-from engine.store.postgres import PostgresStore, _eager_capacity, _Settlement
+from engine.store.postgres import PostgresStore, _eager_capacity, _lock_key, _Settlement
 from engine.store.queries import load_queries
 from tests.pgproxy import Proxy
 from tests.postgres import fresh_schema
@@ -502,6 +502,16 @@ async def test_a_batch_whose_ack_is_lost_is_recorded_once(
     names = await event_names(store)
     assert names.count("step_completed") == 2 and names.count("stale_result_refused") == 0
     assert (await store.get_run("r1")).unsettled == 1
+
+
+def test_receipt_tokens_and_their_locks_do_not_repeat() -> None:
+    """Writes in flight hold the advisory lock of their token: two writes of one store must
+    never share one (the second would wait for the first), nor two stores a token."""
+    one, two = PostgresStore("postgresql://unused"), PostgresStore("postgresql://unused")
+    tokens = [one._token() for _ in range(10_000)] + [two._token() for _ in range(10_000)]
+    assert len(set(tokens)) == len(tokens)
+    assert len({_lock_key(token) for token in tokens[:10_000]}) == 10_000
+    assert all(len(token) == 32 and int(token, 16) >= 0 for token in tokens)
 
 
 def test_a_batch_frees_one_slot_of_each_kind_per_step() -> None:
