@@ -193,9 +193,10 @@ WITH ready_runs AS (
     ORDER BY s.ready_at
     LIMIT $3 + $4
     FOR UPDATE OF s SKIP LOCKED
-), busy AS (
+), busy AS (  -- agent steps running, counted only in runs with a max_parallel
     SELECT run_id, count(*) AS n FROM steps
-    WHERE run_id IN (SELECT id FROM locked) AND status = 'running' AND agent
+    WHERE run_id IN (SELECT id FROM locked WHERE max_parallel IS NOT NULL)
+      AND status = 'running' AND agent
     GROUP BY run_id
 ), ranked AS (
     SELECT c.run_id, c.step_id, c.agent, l.max_parallel, coalesce(b.n, 0) AS busy,
