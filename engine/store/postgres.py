@@ -1077,17 +1077,7 @@ class PostgresStore(Store):
     async def record_agent_call(self, call: AgentCall) -> None:
         async def attempt(conn: Conn) -> None:
             await conn.execute(
-                Q["record_agent_call"],
-                call.run_id,
-                call.step_id,
-                call.attempt,
-                call.sequence,
-                call.persona,
-                call.prompt,
-                call.output,
-                call.backend,
-                call.scripted,
-                call.at,
+                Q["record_agent_call"], call.run_id, call.step_id, call.attempt, *_call_values(call)
             )
 
         await self._retrying(attempt, "record_agent_call")  # an upsert: safe to repeat
