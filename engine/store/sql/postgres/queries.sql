@@ -153,30 +153,29 @@ SELECT EXISTS (
 -- Lease ready steps in one statement that commits on its own, within the capacity of
 -- agent steps ($3) and of the others ($4), and each run's max_parallel (counted as of the
 -- statement's start: concurrent claims may overshoot it by their own takes); append the
--- step_started events, leave the receipt ($7) and hold its lock ($8). The runs are
--- locked first, in id order (the lock order of every write: a claim may wait for a
--- settlement of the same run, about a millisecond, never deadlock); steps another claim
--- holds are skipped; each step comes with its run's record. The runs to lock: those of the first $3 ready agent steps and the
--- first $4 others, each a range of steps_ready (which leads with `agent`), so neither kind
--- is found by reading past the other.
-WITH ready_runs AS (
-    SELECT run_id FROM (
-        (SELECT s.run_id FROM steps s
-         WHERE s.agent AND s.status = 'pending' AND s.waiting_on = 0 AND s.ready_at <= $1
-           AND NOT s.excluded AND ($2::text IS NULL OR s.run_id = $2)
-         ORDER BY s.ready_at
-         LIMIT $3)
-        UNION ALL
-        (SELECT s.run_id FROM steps s
-         WHERE NOT s.agent AND s.status = 'pending' AND s.waiting_on = 0 AND s.ready_at <= $1
-           AND NOT s.excluded AND ($2::text IS NULL OR s.run_id = $2)
-         ORDER BY s.ready_at
-         LIMIT $4)
-    ) AS first_ready
-    GROUP BY run_id
-), locked AS (  -- each run looked up by its key, in id order, whatever the statistics
+-- step_started events, leave the receipt ($7) and hold its lock ($8). The steps: the
+-- first $3 ready agent steps and the first $4 others, each a range of steps_ready (which
+-- leads with `agent`), so neither kind is found by reading past the other. Their runs
+-- are locked first, in id order (the lock order of every write: a claim may wait for a
+-- settlement of the same run, about a millisecond, never deadlock); then each step is
+-- looked up by its key and taken if still ready (steps another claim holds are skipped).
+-- Every lookup is by key, whatever the statistics, so a claim reads what it takes, not
+-- the backlog. Each step comes with its run's record.
+WITH first_ready AS (
+    (SELECT s.run_id, s.step_id FROM steps s
+     WHERE s.agent AND s.status = 'pending' AND s.waiting_on = 0 AND s.ready_at <= $1
+       AND NOT s.excluded AND ($2::text IS NULL OR s.run_id = $2)
+     ORDER BY s.ready_at
+     LIMIT $3)
+    UNION ALL
+    (SELECT s.run_id, s.step_id FROM steps s
+     WHERE NOT s.agent AND s.status = 'pending' AND s.waiting_on = 0 AND s.ready_at <= $1
+       AND NOT s.excluded AND ($2::text IS NULL OR s.run_id = $2)
+     ORDER BY s.ready_at
+     LIMIT $4)
+), locked AS (
     SELECT r.*
-    FROM (SELECT run_id FROM ready_runs ORDER BY run_id) AS w
+    FROM (SELECT DISTINCT run_id FROM first_ready ORDER BY run_id) AS w
     CROSS JOIN LATERAL (
         SELECT id, max_parallel, flow, status, band, model, inputs, launched_by, replay_of,
                unsettled, report, error, created_at, updated_at, finished_at, snapshot_hash,
@@ -186,18 +185,20 @@ WITH ready_runs AS (
     WHERE r.status = 'running'
 ), candidate AS (
     SELECT s.run_id, s.step_id, s.agent, s.ready_at, s.position
-    FROM steps s
-    WHERE s.run_id IN (SELECT id FROM locked)
-      AND s.status = 'pending' AND s.waiting_on = 0 AND s.ready_at <= $1 AND NOT s.excluded
-      AND CASE WHEN s.agent THEN $3 > 0 ELSE $4 > 0 END
-    ORDER BY s.ready_at
-    LIMIT $3 + $4
-    FOR UPDATE OF s SKIP LOCKED
+    FROM first_ready f JOIN locked l ON l.id = f.run_id
+    CROSS JOIN LATERAL (  -- by key (LIMIT 1 keeps the conditions below out: with them, a
+                          -- planner without statistics read steps_ready for each step)
+        SELECT run_id, step_id, agent, ready_at, position, status, waiting_on, excluded
+        FROM steps WHERE run_id = f.run_id AND step_id = f.step_id
+        LIMIT 1 FOR UPDATE SKIP LOCKED
+    ) AS s
+    WHERE s.status = 'pending' AND s.waiting_on = 0 AND s.ready_at <= $1 AND NOT s.excluded
 ), busy AS (  -- agent steps running, counted only in runs with a max_parallel
-    SELECT run_id, count(*) AS n FROM steps
-    WHERE run_id IN (SELECT id FROM locked WHERE max_parallel IS NOT NULL)
-      AND status = 'running' AND agent
-    GROUP BY run_id
+    SELECT l.id AS run_id, b.n
+    FROM locked l CROSS JOIN LATERAL (
+        SELECT count(*) AS n FROM steps WHERE run_id = l.id AND status = 'running' AND agent
+    ) AS b
+    WHERE l.max_parallel IS NOT NULL
 ), ranked AS (
     SELECT c.run_id, c.step_id, c.agent, l.max_parallel, coalesce(b.n, 0) AS busy,
            row_number() OVER (PARTITION BY c.agent ORDER BY c.ready_at, c.position) AS nth,
