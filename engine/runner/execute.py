@@ -138,8 +138,10 @@ class Executor:
         except OutputError as exc:
             await self.store.record_agent_call(call)  # a reply that failed is recorded too
             raise AttemptFailed(exc.message) from exc
-        # recorded with the result, in the same transaction
-        return Done(StepResult(reply.text, fields, data, full, reply.scripted, call))
+        result = StepResult(
+            reply.text, fields, data, input=full, scripted=reply.scripted, call=call
+        )
+        return Done(result)  # the call is recorded with the result, in the same transaction
 
     async def _code(
         self,
