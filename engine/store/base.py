@@ -144,6 +144,10 @@ class Finish:
     report: str | None
     error: str | None
 
+    def payload(self) -> dict[str, Any]:
+        """The payload of the run's ending event (``run_completed``, ``run_failed``)."""
+        return {"error": self.error} if self.error else {}
+
 
 @dataclass(frozen=True, slots=True)
 class Eager:

@@ -843,7 +843,7 @@ class PostgresStore(Store):
         finish = next((item.finish for item in batch if item.finish is not None), None)
         ending: tuple[str | None, ...] = (None, None, None, None)
         if finish is not None:
-            payload = as_json({"error": finish.error} if finish.error else {})
+            payload = as_json(finish.payload())
             ending = (str(finish.status), finish.report, finish.error, payload)
 
         async def settle(conn: Conn, token: str) -> tuple[list[asyncpg.Record], None]:
@@ -1052,7 +1052,7 @@ class PostgresStore(Store):
     async def finish_run(
         self, run_id: str, status: RunStatus, report: str | None, error: str | None, now: float
     ) -> bool:
-        payload = as_json({"error": error} if error else {})
+        payload = as_json(Finish(status, report, error).payload())
 
         async def attempt(conn: Conn) -> bool:
             args = (run_id, str(status), error, report, now, payload)

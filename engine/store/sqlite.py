@@ -173,8 +173,7 @@ def _finish(db: Db, run_id: str, finish: Finish, now: float) -> bool:
     }
     if not db.execute(Q["finish_run"], params).rowcount:
         return False
-    payload = {"error": finish.error} if finish.error else {}
-    _events(db, run_id, [(None, f"run_{finish.status}", payload)], now)
+    _events(db, run_id, [(None, f"run_{finish.status}", finish.payload())], now)
     return True
 
 
