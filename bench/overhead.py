@@ -227,7 +227,8 @@ async def measure_workers(
             while not all("started" in log.read_text() for log in logs):
                 await asyncio.sleep(0.005)  # a worker's start-up is not timed either
             started = time.perf_counter()
-            cpu = [process_cpu(worker.pid) for worker in workers], machine_cpu()
+            workers_before = [process_cpu(worker.pid) for worker in workers]
+            machine_before = machine_cpu()
             await held.execute("UPDATE steps SET ready_at = 0 WHERE ready_at = 'infinity'")
             await held.execute("SELECT pg_notify('flowrunner_work', $1)", run_id)
             # one cheap query (the partial index of running runs) every 20 ms: a list_runs
@@ -236,8 +237,11 @@ async def measure_workers(
             while await held.fetchval(running):
                 await asyncio.sleep(0.02)
             elapsed = time.perf_counter() - started
-            spent = sum(process_cpu(w.pid) - c for w, c in zip(workers, cpu[0], strict=True))
-            rest = machine_cpu() - cpu[1] - spent
+            spent = sum(
+                process_cpu(worker.pid) - before
+                for worker, before in zip(workers, workers_before, strict=True)
+            )
+            rest = machine_cpu() - machine_before - spent
             per_run = f"workers {spent / runs * 1000:.2f} ms, the rest {rest / runs * 1000:.2f} ms"
             print(f"  CPU per run: {per_run} (the rest: PostgreSQL, mostly)")
             failed = await store.list_runs(status="failed", limit=1)
