@@ -544,13 +544,13 @@ async def test_a_claim_brings_each_steps_run_along(open_store: OpenStore) -> Non
 async def test_a_claims_reads_do_not_grow_with_the_backlog(
     open_store: OpenStore, admin: asyncpg.Connection[Any]
 ) -> None:
-    """A claim of one step read every ready step to find it (it sorted the ready steps of
+    """A claim read every ready step to find the few it took (it sorted the ready steps of
     its runs across both kinds, so it had to read them all first): with 1,000 runs
     waiting, 110 buffers and 0.8 ms a claim. It now reads the steps it takes."""
     store = await open_store()
 
     async def reads(runs: int) -> int:
-        """Buffers one claim of one code step reads, with ``runs`` more runs waiting."""
+        """Buffers one claim of 8 code steps reads, with ``runs`` more runs waiting."""
         for _ in range(runs):
             await store.create_run(diamond(unique()), 1.0)
         transaction = admin.transaction()  # the claim is measured, then undone
