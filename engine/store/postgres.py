@@ -78,6 +78,12 @@ whole new run for each step (a run of n steps would cost O(n^2))."""
 ANNOUNCE_SECONDS = 0.01
 """How long changed runs are collected before they are announced with one NOTIFY."""
 
+CONTENDED_TRIES = 4
+CONTENDED_PAUSE = 0.002
+"""How often a claim kept short by runs other transactions held is tried, and the pause
+before each further try: a claim never waits for a lock, and a settlement or another
+claim holds its run's for about a millisecond."""
+
 MIGRATION_LOCK = zlib.crc32(b"flowrunner.migrations")
 """The advisory lock that lets one process at a time apply migrations."""
 
@@ -673,9 +679,29 @@ class PostgresStore(Store):
         self, worker: str, now: float, lease: float, capacity: Capacity, run_id: str | None
     ) -> list[Claim]:
         """The common claim (no lease to take over): one statement, committed on its own, so
-        no run stays locked across a round trip to this process."""
+        no run stays locked across a round trip to this process. It never waits for a run
+        another transaction holds: when that kept it short, it tries again a moment later
+        (the holder commits within milliseconds), a few times."""
+        claims: list[Claim] = []
+        for tries_left in range(CONTENDED_TRIES - 1, -1, -1):
+            taken, contended = await self._claim_once(worker, now, lease, capacity, run_id)
+            claims += taken
+            agents = sum(claim.kind == "agent" for claim in taken)
+            capacity = Capacity(capacity.agents - agents, capacity.others - len(taken) + agents)
+            if not contended or not tries_left or (capacity.agents <= 0 and capacity.others <= 0):
+                break
+            await asyncio.sleep(CONTENDED_PAUSE)
+        self._announce(claim.run_id for claim in claims)
+        return claims
+
+    async def _claim_once(
+        self, worker: str, now: float, lease: float, capacity: Capacity, run_id: str | None
+    ) -> tuple[list[Claim], bool]:
+        """One claim statement: the steps taken, and whether others' locks kept it short."""
+        contended = False
 
         async def claim(conn: Conn, token: str) -> list[Claim]:
+            nonlocal contended
             rows = await conn.fetch(
                 Q["claim_ready"],
                 now,
@@ -687,6 +713,8 @@ class PostgresStore(Store):
                 token,
                 _lock_key(token),
             )
+            contended = bool(rows[0]["contended"])
+            rows = [row for row in rows if row["run_id"] is not None]
             return [
                 replace(claim, run=run_record(row))
                 for claim, row in zip(_claims(rows, worker), rows, strict=True)
@@ -695,9 +723,7 @@ class PostgresStore(Store):
         async def adopt() -> list[Claim]:  # what the lost statement claimed
             return list(_claims(await self._fetch("leased_to", worker, None), worker))
 
-        claims = await self._statement("claim", claim, adopt)
-        self._announce(claim.run_id for claim in claims)
-        return claims
+        return await self._statement("claim", claim, adopt), contended
 
     async def _statement(
         self,

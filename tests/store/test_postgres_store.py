@@ -541,6 +541,41 @@ async def test_a_claim_brings_each_steps_run_along(open_store: OpenStore) -> Non
         assert claim.run == await store.get_run(claim.run_id)
 
 
+async def test_a_claim_takes_other_runs_instead_of_waiting_for_a_held_one(
+    open_store: OpenStore, admin: asyncpg.Connection[Any]
+) -> None:
+    """Claims waited for the runs they wanted, holding the ones they had: with several
+    workers, settlements queued behind claims that queued behind settlements. A claim now
+    skips a run another transaction holds."""
+    store = await open_store()
+    await store.create_run(diamond("r1"), 1.0)
+    await store.create_run(diamond("r2"), 1.5)
+    async with admin.transaction():
+        await admin.execute("SELECT 1 FROM runs WHERE id = 'r1' FOR UPDATE")
+        claims = await asyncio.wait_for(store.claim("w1", 2.0, 30, ALL, 3), 2)
+        assert [(c.run_id, c.step_id) for c in claims] == [("r2", "a")]
+    claims = await store.claim("w1", 2.0, 30, ALL, 3)
+    assert [(c.run_id, c.step_id) for c in claims] == [("r1", "a")]
+
+
+async def test_a_claim_kept_short_by_a_held_run_tries_again(
+    open_store: OpenStore, admin: asyncpg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that found its only run held must not sleep until the next poll: its claim
+    tries again a moment later, and takes the step once the holder is done."""
+    monkeypatch.setattr("engine.store.postgres.CONTENDED_PAUSE", 0.2)
+    store = await open_store()
+    await store.create_run(diamond("r1"), 1.0)
+    transaction = admin.transaction()
+    await transaction.start()
+    await admin.execute("SELECT 1 FROM runs WHERE id = 'r1' FOR UPDATE")
+    claiming = asyncio.create_task(store.claim("w1", 2.0, 30, ALL, 3))
+    await asyncio.sleep(0.1)  # the first try has skipped r1; the next comes at 0.2 s
+    await transaction.rollback()
+    claims = await asyncio.wait_for(claiming, 2)
+    assert [(c.run_id, c.step_id) for c in claims] == [("r1", "a")]
+
+
 async def test_a_claims_reads_do_not_grow_with_the_backlog(
     open_store: OpenStore, admin: asyncpg.Connection[Any]
 ) -> None:

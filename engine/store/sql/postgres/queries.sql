@@ -150,49 +150,57 @@ SELECT EXISTS (
 ) AS expired;
 
 -- name: claim_ready
--- Lease ready steps in one statement that commits on its own, within the capacity of
--- agent steps ($3) and of the others ($4), and each run's max_parallel (counted as of the
--- statement's start: concurrent claims may overshoot it by their own takes); append the
--- step_started events, leave the receipt ($7) and hold its lock ($8). The steps: the
--- first $3 ready agent steps and the first $4 others, each a range of steps_ready (which
--- leads with `agent`), so neither kind is found by reading past the other. Their runs
--- are locked first, in id order (the lock order of every write: a claim may wait for a
--- settlement of the same run, about a millisecond, never deadlock); then each step is
--- looked up by its key and taken if still ready (steps another claim holds are skipped).
--- Every lookup is by key, whatever the statistics, so a claim reads what it takes, not
--- the backlog. Each step comes with its run's record.
+-- Lease ready steps in one statement that commits on its own and never waits, within the
+-- capacity of agent steps ($3) and of the others ($4), and each run's max_parallel
+-- (counted as of the statement's start: concurrent claims may overshoot it by their own
+-- takes); append the step_started events, leave the receipt ($7) and hold its lock ($8).
+-- The steps: a window of the first ready steps of each kind, twice the capacity (a range
+-- of steps_ready, which leads with `agent`, so neither kind is found by reading past the
+-- other). Their runs are locked in the order they have waited, skipping those another
+-- transaction holds (another claim took them, or a settlement is in flight), until there
+-- is one per step wanted; of their steps the first are chosen, each looked up by its key
+-- and taken if still ready. Claims never wait for each other or for a settlement: claims
+-- that waited formed convoys in which settlements queued behind claims that queued behind
+-- settlements. `contended` says whether runs or steps another transaction held kept the
+-- claim short (the store tries again soon). Every lookup is by key, whatever the
+-- statistics, so a claim reads its window, not the backlog. Each step comes with its
+-- run's record; one row of NULLs when nothing was taken.
 WITH first_ready AS (
-    (SELECT s.run_id, s.step_id FROM steps s
+    (SELECT s.run_id, s.step_id, s.agent, s.ready_at, s.position FROM steps s
      WHERE s.agent AND s.status = 'pending' AND s.waiting_on = 0 AND s.ready_at <= $1
        AND NOT s.excluded AND ($2::text IS NULL OR s.run_id = $2)
      ORDER BY s.ready_at
-     LIMIT $3)
+     LIMIT $3 * 2)
     UNION ALL
-    (SELECT s.run_id, s.step_id FROM steps s
+    (SELECT s.run_id, s.step_id, s.agent, s.ready_at, s.position FROM steps s
      WHERE NOT s.agent AND s.status = 'pending' AND s.waiting_on = 0 AND s.ready_at <= $1
        AND NOT s.excluded AND ($2::text IS NULL OR s.run_id = $2)
      ORDER BY s.ready_at
+     LIMIT $4 * 2)
+), wanted AS (  -- each kind's runs, in the order they have waited
+    SELECT run_id, agent, min(ready_at) AS since FROM first_ready GROUP BY run_id, agent
+), tried AS (  -- locked (never waiting), up to one run per step of the kind wanted
+    (SELECT r.*, true AS for_agents
+     FROM (SELECT run_id FROM wanted WHERE agent ORDER BY since, run_id) AS w
+     CROSS JOIN LATERAL (
+         SELECT id, max_parallel, flow, status, band, model, inputs, launched_by, replay_of,
+                unsettled, report, error, created_at, updated_at, finished_at, snapshot_hash,
+                request_hash
+         FROM runs WHERE id = w.run_id LIMIT 1 FOR UPDATE SKIP LOCKED
+     ) AS r
+     LIMIT $3)
+    UNION ALL
+    (SELECT r.*, false AS for_agents
+     FROM (SELECT run_id FROM wanted WHERE NOT agent ORDER BY since, run_id) AS w
+     CROSS JOIN LATERAL (
+         SELECT id, max_parallel, flow, status, band, model, inputs, launched_by, replay_of,
+                unsettled, report, error, created_at, updated_at, finished_at, snapshot_hash,
+                request_hash
+         FROM runs WHERE id = w.run_id LIMIT 1 FOR UPDATE SKIP LOCKED
+     ) AS r
      LIMIT $4)
-), locked AS (
-    SELECT r.*
-    FROM (SELECT DISTINCT run_id FROM first_ready ORDER BY run_id) AS w
-    CROSS JOIN LATERAL (
-        SELECT id, max_parallel, flow, status, band, model, inputs, launched_by, replay_of,
-               unsettled, report, error, created_at, updated_at, finished_at, snapshot_hash,
-               request_hash
-        FROM runs WHERE id = w.run_id LIMIT 1 FOR UPDATE
-    ) AS r
-    WHERE r.status = 'running'
-), candidate AS (
-    SELECT s.run_id, s.step_id, s.agent, s.ready_at, s.position
-    FROM first_ready f JOIN locked l ON l.id = f.run_id
-    CROSS JOIN LATERAL (  -- by key (LIMIT 1 keeps the conditions below out: with them, a
-                          -- planner without statistics read steps_ready for each step)
-        SELECT run_id, step_id, agent, ready_at, position, status, waiting_on, excluded
-        FROM steps WHERE run_id = f.run_id AND step_id = f.step_id
-        LIMIT 1 FOR UPDATE SKIP LOCKED
-    ) AS s
-    WHERE s.status = 'pending' AND s.waiting_on = 0 AND s.ready_at <= $1 AND NOT s.excluded
+), locked AS (  -- a run wanted for both kinds is locked twice by this statement: once here
+    SELECT DISTINCT ON (id) * FROM tried WHERE status = 'running' ORDER BY id
 ), busy AS (  -- agent steps running, counted only in runs with a max_parallel
     SELECT l.id AS run_id, b.n
     FROM locked l CROSS JOIN LATERAL (
@@ -200,22 +208,32 @@ WITH first_ready AS (
     ) AS b
     WHERE l.max_parallel IS NOT NULL
 ), ranked AS (
-    SELECT c.run_id, c.step_id, c.agent, l.max_parallel, coalesce(b.n, 0) AS busy,
-           row_number() OVER (PARTITION BY c.agent ORDER BY c.ready_at, c.position) AS nth,
-           row_number() OVER (PARTITION BY c.run_id, c.agent ORDER BY c.ready_at, c.position)
+    SELECT f.run_id, f.step_id, f.agent, l.max_parallel, coalesce(b.n, 0) AS busy,
+           row_number() OVER (PARTITION BY f.agent ORDER BY f.ready_at, f.position) AS nth,
+           row_number() OVER (PARTITION BY f.run_id, f.agent ORDER BY f.ready_at, f.position)
                AS nth_in_run
-    FROM candidate c JOIN locked l ON l.id = c.run_id LEFT JOIN busy b ON b.run_id = c.run_id
+    FROM first_ready f JOIN locked l ON l.id = f.run_id LEFT JOIN busy b ON b.run_id = f.run_id
 ), chosen AS (
     SELECT run_id, step_id FROM ranked
     WHERE CASE WHEN agent
                THEN nth <= $3 AND (max_parallel IS NULL OR busy + nth_in_run <= max_parallel)
                ELSE nth <= $4 END
+), candidate AS (  -- still ready now that its run is locked (the latest row: FOR UPDATE)
+    SELECT s.run_id, s.step_id, s.position
+    FROM chosen c CROSS JOIN LATERAL (  -- by key (LIMIT 1 keeps the conditions below out:
+                                        -- with them, a planner without statistics read
+                                        -- steps_ready for each step)
+        SELECT run_id, step_id, position, status, waiting_on, ready_at, excluded
+        FROM steps WHERE run_id = c.run_id AND step_id = c.step_id
+        LIMIT 1 FOR UPDATE SKIP LOCKED
+    ) AS s
+    WHERE s.status = 'pending' AND s.waiting_on = 0 AND s.ready_at <= $1 AND NOT s.excluded
 ), taken AS (
     UPDATE steps
     SET status = 'running', attempts = steps.attempts + 1, lease_owner = $5,
         lease_expires = $6, started_at = coalesce(steps.started_at, $1)
-    FROM chosen
-    WHERE steps.run_id = chosen.run_id AND steps.step_id = chosen.step_id
+    FROM candidate
+    WHERE steps.run_id = candidate.run_id AND steps.step_id = candidate.step_id
     RETURNING steps.run_id, steps.step_id, steps.kind, steps.attempts, steps.failures,
               steps.position
 ), counted AS (
@@ -235,12 +253,21 @@ WITH first_ready AS (
 ), receipt AS (
     INSERT INTO commits (token, result, at)
     SELECT $7, '"claimed"', $1 WHERE EXISTS (SELECT 1 FROM taken)
+), contended AS (  -- fewer runs locked than wanted, or chosen steps no longer there to take
+    SELECT (SELECT count(*) FROM tried WHERE for_agents)
+               < least($3, (SELECT count(*) FROM wanted WHERE agent))
+        OR (SELECT count(*) FROM tried WHERE NOT for_agents)
+               < least($4, (SELECT count(*) FROM wanted WHERE NOT agent))
+        OR (SELECT count(*) FROM candidate) < (SELECT count(*) FROM chosen) AS contended
 )
-SELECT t.run_id, t.step_id, t.kind, t.attempts, t.failures, pg_advisory_xact_lock($8) AS held,
+SELECT c.contended, pg_advisory_xact_lock($8) AS held,
+       t.run_id, t.step_id, t.kind, t.attempts, t.failures,
        l.id, l.flow, l.status, l.band, l.model, l.inputs, l.launched_by, l.replay_of,
        l.unsettled, l.report, l.error, l.created_at, $1::float8 AS updated_at, l.finished_at,
        l.snapshot_hash, l.request_hash  -- the run as claimed (a worker need not read it)
-FROM taken t JOIN locked l ON l.id = t.run_id ORDER BY t.run_id, t.position;
+FROM contended c
+LEFT JOIN (taken t JOIN locked l ON l.id = t.run_id) ON true
+ORDER BY t.run_id, t.position;
 
 -- name: leased_to
 -- The steps leased to a worker ($1), of one run ($2) or all: what a write whose
