@@ -241,9 +241,16 @@ async def measure_workers(
                 process_cpu(worker.pid) - before
                 for worker, before in zip(workers, workers_before, strict=True)
             )
-            rest = machine_cpu() - machine_before - spent
+            (busy_after, stolen_after), (busy_before, stolen_before) = machine_cpu(), machine_before
+            busy, stolen = busy_after - busy_before, stolen_after - stolen_before
+            rest = busy - spent
             per_run = f"workers {spent / runs * 1000:.2f} ms, the rest {rest / runs * 1000:.2f} ms"
             print(f"  CPU per run: {per_run} (the rest: PostgreSQL, mostly)")
+            cores = os.cpu_count() or 1
+            print(
+                f"  the machine's cores: {busy / elapsed / cores:.0%} busy, "
+                f"{stolen / elapsed / cores:.0%} taken by the hypervisor (steal)"
+            )
             failed = await store.list_runs(status="failed", limit=1)
             assert not failed, failed
             return elapsed, runs * 3
@@ -262,11 +269,13 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def machine_cpu() -> float:
-    """Seconds of CPU the whole machine has used, every core (Linux: /proc)."""
-    ticks = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    busy = sum(int(t) for t in ticks) - int(ticks[3]) - int(ticks[4])  # not idle, not iowait
-    return busy / os.sysconf("SC_CLK_TCK")
+def machine_cpu() -> tuple[float, float]:
+    """Seconds of CPU the whole machine has used, every core, and seconds the hypervisor
+    took from it (steal: this machine is a VM whose cores are shared) (Linux: /proc)."""
+    ticks = [int(t) for t in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle, iowait, steal = ticks[3], ticks[4], ticks[7]
+    busy = sum(ticks[:8]) - idle - iowait - steal  # guest time is counted in user already
+    return busy / os.sysconf("SC_CLK_TCK"), steal / os.sysconf("SC_CLK_TCK")
 
 
 def peers(python: str, size: int) -> None:
