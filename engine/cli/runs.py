@@ -58,12 +58,12 @@ def identity(name: str | None) -> str:
     return name or getpass.getuser()
 
 
-def with_store(body: Callable[[Project, Store], Awaitable[T]]) -> T:
+def with_store(body: Callable[[Project, Store], Awaitable[T]], *, worker_only: bool = False) -> T:
     """Open the project's store, run ``body``, and turn engine errors into one line."""
     project = open_project()
 
     async def main() -> T:
-        store = open_store(project)
+        store = open_store(project, worker_only=worker_only)
         await store.open()
         try:
             return await body(project, store)
@@ -301,7 +301,7 @@ def worker(
         return 0
 
     stopped: list[bool] = []
-    code = with_store(body)
+    code = with_store(body, worker_only=True)
     if stopped and stopped[0]:
         exit_past_threads(code)
     raise typer.Exit(code)

@@ -18,8 +18,9 @@ def sqlite_path(url: str, project: Project) -> Path:
     return path if path.is_absolute() else project.root / path
 
 
-def open_store(project: Project) -> Store:
-    """The store ``FLOWRUNNER_DATABASE_URL`` names (not yet opened)."""
+def open_store(project: Project, *, worker_only: bool = False) -> Store:
+    """The store ``FLOWRUNNER_DATABASE_URL`` names (not yet opened); ``worker_only``: for a
+    process that only executes steps (PostgreSQL: generic plans from the start)."""
     url = project.settings.database_url
     if url.startswith("sqlite:///"):
         return SqliteStore(sqlite_path(url, project))
@@ -30,6 +31,7 @@ def open_store(project: Project) -> Store:
             pool_size=settings.db_pool_size,
             statement_timeout=settings.db_statement_timeout,
             retry_seconds=settings.db_retry_seconds,
+            generic_plans=worker_only,
         )
     raise ConfigError(
         "FLOWRUNNER_DATABASE_URL must start with sqlite:/// or postgresql:// "

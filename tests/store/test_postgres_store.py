@@ -17,12 +17,15 @@ import json
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
+from engine.config import Project
 from engine.core.plan import RunStatus, StepStatus
+from engine.runner import setup
 from engine.store.base import (
     Capacity,
     Claim,
@@ -424,6 +427,40 @@ async def test_server_settings_in_the_url_reach_every_connection(
             assert await conn.fetchval("SHOW application_name") == "flowrunner"
     run_id, _ = await store.create_run(wide("r1", 3), now=1.0)
     assert (await store.get_run(run_id)).unsettled == 3
+
+
+async def test_a_worker_process_plans_each_statement_once_per_connection(
+    open_store: OpenStore,
+) -> None:
+    """PostgreSQL plans a prepared statement afresh for its first five executions on a
+    connection; the claim and the settlement take about 3 ms each to plan, which a
+    worker's new connections paid again and again. A worker's store uses generic plans
+    from the first; any other store keeps custom ones (list_runs' filters need them)."""
+
+    async def custom_plans(store: PostgresStore) -> int:
+        for index in range(6):
+            await store.create_run(wide(unique(), 1), 1.0)
+            (claim,) = await store.claim("w1", 2.0, 30, Capacity(0, 1), 3)
+            assert await store.complete_step(claim, StepResult(str(index)), 3.0) is not None
+        assert store._pool is not None
+        async with store._pool.acquire() as conn:  # the pool's one connection
+            count: int = await conn.fetchval(
+                "SELECT coalesce(sum(custom_plans), 0) FROM pg_prepared_statements"
+            )
+            return count
+
+    assert await custom_plans(await open_store(pool_size=1, generic_plans=True)) == 0
+    assert await custom_plans(await open_store(pool_size=1)) > 0
+
+
+def test_the_worker_command_opens_its_store_for_generic_plans(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLOWRUNNER_DATABASE_URL", "postgresql://db.example/flows")
+    project = Project.open(tmp_path)
+    worker, api = setup.open_store(project, worker_only=True), setup.open_store(project)
+    assert isinstance(worker, PostgresStore) and isinstance(api, PostgresStore)
+    assert (worker.generic_plans, api.generic_plans) == (True, False)
 
 
 # Results of one run settled together
