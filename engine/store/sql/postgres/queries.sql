@@ -380,15 +380,24 @@ WITH given AS (
     ON CONFLICT (run_id, step_id, attempt, sequence) DO UPDATE
     SET persona = excluded.persona, prompt = excluded.prompt, output = excluded.output,
         backend = excluded.backend, scripted = excluded.scripted, at = excluded.at
-), done AS (
+), fenced AS (  -- each step by its key, locked (so its latest row), if its fence holds:
+                -- a fence in the UPDATE below let the planner reach the steps through
+                -- steps_leased, reading every running step (and every dead index entry
+                -- until a vacuum) in each settlement
+    SELECT g.*
+    FROM given g CROSS JOIN LATERAL (
+        SELECT status, lease_owner, attempts FROM steps
+        WHERE run_id = (SELECT id FROM runs WHERE id = $1 FOR UPDATE) AND step_id = g.step_id
+        LIMIT 1 FOR UPDATE
+    ) AS s
+    WHERE s.status = 'running' AND s.lease_owner = g.owner AND s.attempts = g.attempt
+), done AS (  -- rows this statement holds: a key is all the UPDATE needs
     UPDATE steps
     SET status = g.status, output = g.output, fields = g.fields, data = g.data,
         input = coalesce(g.input, steps.input), scripted = g.scripted, error = NULL,
         lease_owner = NULL, lease_expires = NULL, finished_at = $11
-    FROM given g
-    WHERE steps.run_id = (SELECT id FROM runs WHERE id = $1 FOR UPDATE)
-      AND steps.step_id = g.step_id AND steps.status = 'running'
-      AND steps.lease_owner = g.owner AND steps.attempts = g.attempt
+    FROM fenced g
+    WHERE steps.run_id = $1 AND steps.step_id = g.step_id
     RETURNING steps.step_id, steps.dependents, g.nth, g.event, g.payload
 ), needs AS (
     SELECT d.step_id, count(*)::int AS n
