@@ -94,7 +94,7 @@ async def database(folder: Path, url: str | None) -> AsyncIterator[str]:
 def open_store(url: str) -> Store:
     if url.startswith("sqlite:///"):
         return SqliteStore(Path(url.removeprefix("sqlite:///")))
-    return PostgresStore(url)
+    return PostgresStore(url, generic_plans=True)  # as `flowrunner worker` opens it
 
 
 async def measure(folder: Path, text: str, runs: int, url: str | None) -> tuple[float, int]:
