@@ -583,6 +583,7 @@ class PostgresStore(Store):
                 _texts(step.waiting_on for step in steps),
                 [as_json(list(step.dependents)) for step in steps],
                 _texts(step.excluded for step in steps),
+                now,
             )
             started = {"flow": run.flow, "band": run.band, "model": run.model}
             tx.event(run.id, None, "run_started", started)
@@ -1078,7 +1079,7 @@ class PostgresStore(Store):
                 raise Conflict(
                     f"run '{run_id}' is {status}: only failed or cancelled runs can be retried"
                 )
-            await conn.execute(Q["reset_steps"], run_id, list(resets), _texts(resets.values()))
+            await conn.execute(Q["reset_steps"], run_id, list(resets), _texts(resets.values()), now)
             tx.event(run_id, None, "run_retried", {"steps": list(resets)})
             await _reach_excluded(tx, run_id)
 

@@ -140,7 +140,7 @@ def _settle(
     while queue:
         unsettled = db.execute(Q["settle_run"], {"run_id": run_id, "now": now}).fetchone()[0]
         for step_id in json.loads(queue.pop()):
-            params = {"run_id": run_id, "step_id": step_id}
+            params = {"run_id": run_id, "step_id": step_id, "now": now}
             row = db.execute(Q["settle_dependent"], params).fetchone()
             if row["waiting_on"] != 0 or row["status"] != "pending":
                 continue
@@ -419,6 +419,7 @@ class SqliteStore(Store):
                         "waiting_on": step.waiting_on,
                         "dependents": as_json(list(step.dependents)),
                         "excluded": int(step.excluded),
+                        "now": now,
                     }
                     for step in run.steps
                 ],
@@ -686,7 +687,10 @@ class SqliteStore(Store):
                 )
             db.executemany(
                 Q["reset_step"],
-                [{"run_id": run_id, "step_id": s, "waiting_on": w} for s, w in resets.items()],
+                [
+                    {"run_id": run_id, "step_id": s, "waiting_on": w, "now": now}
+                    for s, w in resets.items()
+                ],
             )
             _events(db, run_id, [(None, "run_retried", {"steps": list(resets)})], now)
             _reach_excluded(db, run_id, now)

@@ -197,6 +197,24 @@ async def test_a_retry_waits_until_its_time(store: Store) -> None:
     assert (again.attempt, again.failures) == (2, 1)
 
 
+async def test_ready_steps_are_claimed_in_the_order_they_joined_the_queue(store: Store) -> None:
+    """A launch queues its first steps, a settlement the steps it makes ready, a retry its
+    step when the delay ends. Claims took the steps made ready by launches and settlements
+    first (their ready_at was 0), so under a backlog that never emptied, a retry waited
+    for ever."""
+    await store.create_run(diamond("r1"), 1.0)
+    a1 = await claim_one(store, "a", now=1.0)
+    assert await store.fail_attempt(a1, "boom", retry_at=5.0, now=2.0)  # queued at 5
+    await store.create_run(diamond("r2"), 2.0)
+    (a2,) = await store.claim("w1", 2.0, 30, ALL, 3)
+    await store.create_run(diamond("r3"), 3.0)  # its a queued at 3
+    assert await store.complete_step(a2, StepResult("A"), 6.0)  # r2's c queued at 6
+    claims = await store.claim("w1", 7.0, 30, Capacity(agents=0, others=2), 3)
+    assert {(c.run_id, c.step_id) for c in claims} == {("r3", "a"), ("r1", "a")}
+    claims = await store.claim("w1", 7.0, 30, Capacity(agents=0, others=2), 3)
+    assert [(c.run_id, c.step_id) for c in claims] == [("r2", "c")]
+
+
 async def test_a_final_failure_fails_the_run_and_cancels_the_rest(store: Store) -> None:
     await store.create_run(diamond(), 1.0)
     a = await claim_one(store, "a")

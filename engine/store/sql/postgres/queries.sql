@@ -26,10 +26,12 @@ ON CONFLICT DO NOTHING
 RETURNING id;
 
 -- name: insert_steps
-INSERT INTO steps (run_id, step_id, position, kind, agent, status, waiting_on, dependents, excluded)
+INSERT INTO steps (
+    run_id, step_id, position, kind, agent, status, waiting_on, dependents, excluded, queued_at
+)
 SELECT $1, s.step_id, s.position, s.kind, s.agent, 'pending', s.waiting_on,
        (SELECT coalesce(array_agg(d), '{}') FROM json_array_elements_text(s.dependents::json) d),
-       s.excluded
+       s.excluded, $9
 FROM unnest($2::text[], $3::text[]::int[], $4::text[], $5::text[]::bool[], $6::text[]::int[], $7::text[], $8::text[]::bool[])
      AS s(step_id, position, kind, agent, waiting_on, dependents, excluded);
 
@@ -154,31 +156,32 @@ SELECT EXISTS (
 -- capacity of agent steps ($3) and of the others ($4), and each run's max_parallel
 -- (counted as of the statement's start: concurrent claims may overshoot it by their own
 -- takes); append the step_started events, leave the receipt ($7) and hold its lock ($8).
--- The steps: a window of the first ready steps of each kind, twice the capacity (a range
--- of steps_ready, which leads with `agent`, so neither kind is found by reading past the
--- other). Their runs are locked in the order they have waited, skipping those another
--- transaction holds (another claim took them, or a settlement is in flight), until there
--- is one per step wanted; of their steps the first are chosen, each looked up by its key
--- and taken if still ready. Claims never wait for each other or for a settlement: claims
--- that waited formed convoys in which settlements queued behind claims that queued behind
--- settlements. `contended` says whether runs or steps another transaction held kept the
--- claim short (the store tries again soon). Every lookup is by key, whatever the
--- statistics, so a claim reads its window, not the backlog. Each step comes with its
--- run's record; one row of NULLs when nothing was taken.
+-- The steps: a window of the first ready steps of each kind in the order they joined
+-- the queue (`queued_at`), twice the capacity (a range of steps_ready, which leads with
+-- `agent`, so neither kind is found by reading past the other). Their runs are locked in
+-- the order they have waited, skipping those another transaction holds (another claim
+-- took them, or a settlement is in flight), until there is one per step wanted; of their
+-- steps the first are chosen, each looked up by its key and taken if still ready. Claims
+-- never wait for each other or for a settlement: claims that waited formed convoys in
+-- which settlements queued behind claims that queued behind settlements. `contended`
+-- says whether runs or steps another transaction held kept the claim short (the store
+-- tries again soon). Every lookup is by key, whatever the statistics, so a claim reads
+-- its window, not the backlog. Each step comes with its run's record; one row of NULLs
+-- when nothing was taken.
 WITH first_ready AS (
-    (SELECT s.run_id, s.step_id, s.agent, s.ready_at, s.position FROM steps s
+    (SELECT s.run_id, s.step_id, s.agent, s.queued_at, s.position FROM steps s
      WHERE s.agent AND s.status = 'pending' AND s.waiting_on = 0 AND s.ready_at <= $1
        AND NOT s.excluded AND ($2::text IS NULL OR s.run_id = $2)
-     ORDER BY s.ready_at
+     ORDER BY s.queued_at
      LIMIT $3 * 2)
     UNION ALL
-    (SELECT s.run_id, s.step_id, s.agent, s.ready_at, s.position FROM steps s
+    (SELECT s.run_id, s.step_id, s.agent, s.queued_at, s.position FROM steps s
      WHERE NOT s.agent AND s.status = 'pending' AND s.waiting_on = 0 AND s.ready_at <= $1
        AND NOT s.excluded AND ($2::text IS NULL OR s.run_id = $2)
-     ORDER BY s.ready_at
+     ORDER BY s.queued_at
      LIMIT $4 * 2)
 ), wanted AS (  -- each kind's runs, in the order they have waited
-    SELECT run_id, agent, min(ready_at) AS since FROM first_ready GROUP BY run_id, agent
+    SELECT run_id, agent, min(queued_at) AS since FROM first_ready GROUP BY run_id, agent
 ), tried AS (  -- locked (never waiting), up to one run per step of the kind wanted
     (SELECT r.*, true AS for_agents
      FROM (SELECT run_id FROM wanted WHERE agent ORDER BY since, run_id) AS w
@@ -209,8 +212,8 @@ WITH first_ready AS (
     WHERE l.max_parallel IS NOT NULL
 ), ranked AS (
     SELECT f.run_id, f.step_id, f.agent, l.max_parallel, coalesce(b.n, 0) AS busy,
-           row_number() OVER (PARTITION BY f.agent ORDER BY f.ready_at, f.position) AS nth,
-           row_number() OVER (PARTITION BY f.run_id, f.agent ORDER BY f.ready_at, f.position)
+           row_number() OVER (PARTITION BY f.agent ORDER BY f.queued_at, f.position) AS nth,
+           row_number() OVER (PARTITION BY f.run_id, f.agent ORDER BY f.queued_at, f.position)
                AS nth_in_run
     FROM first_ready f JOIN locked l ON l.id = f.run_id LEFT JOIN busy b ON b.run_id = f.run_id
 ), chosen AS (
@@ -282,7 +285,7 @@ SELECT s.run_id, s.step_id, s.kind, s.agent, s.status, s.attempts, s.failures, s
 FROM steps s JOIN runs r ON r.id = s.run_id
 WHERE s.status = 'pending' AND s.waiting_on = 0 AND s.ready_at <= $1
   AND r.status = 'running' AND NOT s.excluded AND ($3::text IS NULL OR s.run_id = $3)
-ORDER BY s.ready_at
+ORDER BY s.queued_at
 LIMIT $2
 FOR UPDATE OF s SKIP LOCKED;
 
@@ -432,6 +435,7 @@ WITH given AS (
 ), dependent AS (
     UPDATE steps
     SET waiting_on = steps.waiting_on - candidate.n,
+        queued_at = CASE WHEN steps.waiting_on = candidate.n THEN $11 ELSE steps.queued_at END,
         status = CASE WHEN chosen.step_id IS NULL THEN steps.status ELSE 'running' END,
         attempts = steps.attempts + (chosen.step_id IS NOT NULL)::int,
         lease_owner = CASE WHEN chosen.step_id IS NULL THEN steps.lease_owner ELSE $12 END,
@@ -494,7 +498,7 @@ WHERE s.run_id = $1 AND s.attempts = g.attempt AND s.status IN ('completed', 'sk
 
 -- name: retry_step
 UPDATE steps
-SET status = 'pending', ready_at = $5, failures = failures + 1, error = $6,
+SET status = 'pending', ready_at = $5, queued_at = $5, failures = failures + 1, error = $6,
     lease_owner = NULL, lease_expires = NULL
 WHERE run_id = $1 AND step_id = $2 AND status = 'running'
   AND lease_owner = $3 AND attempts = $4;
@@ -541,7 +545,8 @@ WITH run AS (
     UPDATE runs SET unsettled = unsettled - $2, updated_at = $4 WHERE id = $1
     RETURNING unsettled
 ), dependent AS (
-    UPDATE steps SET waiting_on = waiting_on - settled.n
+    UPDATE steps SET waiting_on = waiting_on - settled.n,
+        queued_at = CASE WHEN waiting_on = settled.n THEN $4 ELSE queued_at END
     FROM (SELECT step_id, count(*) AS n FROM unnest($3::text[]) AS step_id GROUP BY step_id)
          AS settled
     WHERE steps.run_id = $1 AND steps.step_id = settled.step_id
@@ -596,8 +601,8 @@ WHERE id = $1 AND status IN ('failed', 'cancelled');
 -- name: reset_steps
 UPDATE steps
 SET status = 'pending', waiting_on = r.waiting_on, failures = 0, crashes = 0, ready_at = 0,
-    lease_owner = NULL, lease_expires = NULL, deadline = NULL, error = NULL, output = NULL,
-    fields = NULL, data = NULL, finished_at = NULL
+    queued_at = $4, lease_owner = NULL, lease_expires = NULL, deadline = NULL, error = NULL,
+    output = NULL, fields = NULL, data = NULL, finished_at = NULL
 FROM unnest($2::text[], $3::text[]::int[]) AS r(step_id, waiting_on)
 WHERE steps.run_id = $1 AND steps.step_id = r.step_id;
 

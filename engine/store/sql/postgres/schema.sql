@@ -61,9 +61,10 @@ CREATE TABLE steps (
     scripted BOOLEAN NOT NULL DEFAULT false,
     started_at DOUBLE PRECISION,
     finished_at DOUBLE PRECISION,
+    queued_at DOUBLE PRECISION NOT NULL DEFAULT 0,
     PRIMARY KEY (run_id, step_id)
 );
-CREATE INDEX steps_ready ON steps (agent, ready_at) WHERE status = 'pending' AND waiting_on = 0;
+CREATE INDEX steps_ready ON steps (agent, queued_at) WHERE status = 'pending' AND waiting_on = 0;
 CREATE INDEX steps_leased ON steps (lease_expires) WHERE status = 'running';
 CREATE INDEX steps_gates ON steps (deadline) WHERE status = 'waiting';
 

@@ -12,9 +12,10 @@ INSERT INTO runs (
 
 -- name: insert_step
 INSERT INTO steps (
-    run_id, step_id, position, kind, agent, status, waiting_on, dependents, excluded
+    run_id, step_id, position, kind, agent, status, waiting_on, dependents, excluded, queued_at
 ) VALUES (
-    :run_id, :step_id, :position, :kind, :agent, :status, :waiting_on, :dependents, :excluded
+    :run_id, :step_id, :position, :kind, :agent, :status, :waiting_on, :dependents, :excluded,
+    :now
 );
 
 -- name: run_by_key
@@ -66,7 +67,7 @@ FROM steps s CROSS JOIN runs r
 WHERE s.status = 'pending' AND s.waiting_on = 0 AND s.ready_at <= :now
   AND r.id = s.run_id AND r.status = 'running'
   AND s.excluded = 0 AND (:run_id IS NULL OR s.run_id = :run_id)
-ORDER BY s.ready_at, s.rowid
+ORDER BY s.queued_at, s.rowid
 LIMIT :limit;
 
 -- name: claimable_expired
@@ -120,8 +121,8 @@ RETURNING dependents;
 
 -- name: retry_step
 UPDATE steps
-SET status = 'pending', ready_at = :ready_at, failures = failures + 1, error = :error,
-    lease_owner = NULL, lease_expires = NULL
+SET status = 'pending', ready_at = :ready_at, queued_at = :ready_at, failures = failures + 1,
+    error = :error, lease_owner = NULL, lease_expires = NULL
 WHERE run_id = :run_id AND step_id = :step_id AND status = 'running'
   AND lease_owner = :worker AND attempts = :attempt;
 
@@ -161,7 +162,10 @@ WHERE run_id = :run_id AND step_id = :step_id AND status = 'waiting';
 SELECT status FROM steps WHERE run_id = :run_id AND step_id = :step_id;
 
 -- name: settle_dependent
-UPDATE steps SET waiting_on = waiting_on - 1 WHERE run_id = :run_id AND step_id = :step_id
+UPDATE steps
+SET waiting_on = waiting_on - 1,
+    queued_at = CASE WHEN waiting_on = 1 THEN :now ELSE queued_at END
+WHERE run_id = :run_id AND step_id = :step_id
 RETURNING waiting_on, excluded, status, dependents;
 
 -- name: exclude_step
@@ -204,8 +208,8 @@ WHERE id = :run_id AND status IN ('failed', 'cancelled');
 -- name: reset_step
 UPDATE steps
 SET status = 'pending', waiting_on = :waiting_on, failures = 0, crashes = 0, ready_at = 0,
-    lease_owner = NULL, lease_expires = NULL, deadline = NULL, error = NULL, output = NULL,
-    fields = NULL, data = NULL, finished_at = NULL
+    queued_at = :now, lease_owner = NULL, lease_expires = NULL, deadline = NULL, error = NULL,
+    output = NULL, fields = NULL, data = NULL, finished_at = NULL
 WHERE run_id = :run_id AND step_id = :step_id;
 
 -- name: runs_to_finish
