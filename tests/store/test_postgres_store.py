@@ -688,6 +688,21 @@ async def test_a_settlement_reaches_its_steps_by_key(
     assert parts["CTE fenced"] == {"steps_pkey"}, parts
 
 
+@pytest.mark.parametrize("query", ["extend_leases", "held_leases"])
+async def test_a_heartbeat_reaches_its_steps_by_key(
+    open_store: OpenStore, admin: asyncpg.Connection[Any], query: str
+) -> None:
+    """Under its generic plan, a heartbeat read every step running in any run (through the
+    index of running steps, then filtering on the lease's owner), four times a second in
+    every worker: the work of all heartbeats grew with workers times running steps."""
+    store = await open_store()
+    for index in range(300):
+        await store.create_run(diamond(f"r{index:03}"), 1.0)
+    await store.claim("w1", 2.0, 30, Capacity(100, 100), 3)
+    parts = indexes_by_part(await generic_plan(admin, Q[query]))
+    assert set().union(*parts.values()) == {"steps_pkey"}, parts
+
+
 async def test_a_claim_looks_up_its_runs_by_key_without_statistics(
     open_store: OpenStore, admin: asyncpg.Connection[Any]
 ) -> None:

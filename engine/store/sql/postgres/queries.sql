@@ -328,22 +328,32 @@ SET status = 'running', attempts = $3, crashes = $4, lease_owner = $5,
 WHERE run_id = $1 AND step_id = $2;
 
 -- name: extend_leases
--- Never waits: a step another transaction holds is reported apart (see held_leases).
+-- Never waits: a step another transaction holds is reported apart (see held_leases). Each
+-- step is looked up by its key (LIMIT 1 keeps the conditions out of the lookup: with
+-- them, the planner read every running step of every run through steps_leased, in every
+-- heartbeat of every worker).
 UPDATE steps SET lease_expires = $5
-WHERE (run_id, step_id, attempts) IN (
-    SELECT s.run_id, s.step_id, s.attempts
-    FROM steps s JOIN unnest($1::text[], $2::text[], $3::text[]::int[]) AS c(run_id, step_id, attempt)
-         ON s.run_id = c.run_id AND s.step_id = c.step_id AND s.attempts = c.attempt
-    WHERE s.status = 'running' AND s.lease_owner = $4
-    FOR UPDATE OF s SKIP LOCKED
+WHERE (run_id, step_id) IN (
+    SELECT s.run_id, s.step_id
+    FROM unnest($1::text[], $2::text[], $3::text[]::int[]) AS c(run_id, step_id, attempt)
+    CROSS JOIN LATERAL (
+        SELECT run_id, step_id, attempts, status, lease_owner FROM steps
+        WHERE run_id = c.run_id AND step_id = c.step_id
+        LIMIT 1 FOR UPDATE SKIP LOCKED
+    ) AS s
+    WHERE s.status = 'running' AND s.lease_owner = $4 AND s.attempts = c.attempt
 )
 RETURNING run_id, step_id;
 
 -- name: held_leases
 SELECT s.run_id, s.step_id
-FROM steps s JOIN unnest($1::text[], $2::text[], $3::text[]::int[]) AS c(run_id, step_id, attempt)
-     ON s.run_id = c.run_id AND s.step_id = c.step_id AND s.attempts = c.attempt
-WHERE s.status = 'running' AND s.lease_owner = $4;
+FROM unnest($1::text[], $2::text[], $3::text[]::int[]) AS c(run_id, step_id, attempt)
+CROSS JOIN LATERAL (  -- by key, as in extend_leases
+    SELECT run_id, step_id, attempts, status, lease_owner FROM steps
+    WHERE run_id = c.run_id AND step_id = c.step_id
+    LIMIT 1
+) AS s
+WHERE s.status = 'running' AND s.lease_owner = $4 AND s.attempts = c.attempt;
 
 -- name: settle_steps
 -- Steps' results, settled and recorded in one statement (the hot path of a run): the
