@@ -186,20 +186,14 @@ WITH first_ready AS (
     (SELECT r.*, true AS for_agents
      FROM (SELECT run_id FROM wanted WHERE agent ORDER BY since, run_id) AS w
      CROSS JOIN LATERAL (
-         SELECT id, max_parallel, flow, status, band, model, inputs, launched_by, replay_of,
-                unsettled, report, error, created_at, updated_at, finished_at, snapshot_hash,
-                request_hash
-         FROM runs WHERE id = w.run_id LIMIT 1 FOR UPDATE SKIP LOCKED
+         SELECT * FROM runs WHERE id = w.run_id LIMIT 1 FOR UPDATE SKIP LOCKED
      ) AS r
      LIMIT $3)
     UNION ALL
     (SELECT r.*, false AS for_agents
      FROM (SELECT run_id FROM wanted WHERE NOT agent ORDER BY since, run_id) AS w
      CROSS JOIN LATERAL (
-         SELECT id, max_parallel, flow, status, band, model, inputs, launched_by, replay_of,
-                unsettled, report, error, created_at, updated_at, finished_at, snapshot_hash,
-                request_hash
-         FROM runs WHERE id = w.run_id LIMIT 1 FOR UPDATE SKIP LOCKED
+         SELECT * FROM runs WHERE id = w.run_id LIMIT 1 FOR UPDATE SKIP LOCKED
      ) AS r
      LIMIT $4)
 ), locked AS (  -- a run wanted for both kinds is locked twice by this statement: once here
