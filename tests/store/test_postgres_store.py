@@ -688,6 +688,22 @@ async def test_a_settlement_reaches_its_steps_by_key(
     assert parts["CTE fenced"] == {"steps_pkey"}, parts
 
 
+@pytest.mark.parametrize("query", ["claim_ready", "settle_steps"])
+async def test_max_parallel_counts_only_the_runs_running_agent_steps(
+    open_store: OpenStore, admin: asyncpg.Connection[Any], query: str
+) -> None:
+    """For a run with a max_parallel, a claim and a settlement count its running agent
+    steps; under their generic plans they counted through the index of all running steps
+    (every run's, and its dead entries until a vacuum)."""
+    store = await open_store()
+    for index in range(300):
+        await store.create_run(diamond(f"r{index:03}", max_parallel=2), 1.0)
+    await store.claim("w1", 2.0, 30, Capacity(100, 100), 3)
+    parts = indexes_by_part(await generic_plan(admin, Q[query]))
+    assert "steps_leased" not in set().union(*parts.values()), parts
+    assert "steps_running_agents" in set().union(*parts.values()), parts
+
+
 @pytest.mark.parametrize("query", ["extend_leases", "held_leases"])
 async def test_a_heartbeat_reaches_its_steps_by_key(
     open_store: OpenStore, admin: asyncpg.Connection[Any], query: str

@@ -66,6 +66,7 @@ CREATE TABLE steps (
 );
 CREATE INDEX steps_ready ON steps (agent, queued_at) WHERE status = 'pending' AND waiting_on = 0;
 CREATE INDEX steps_leased ON steps (lease_expires) WHERE status = 'running';
+CREATE INDEX steps_running_agents ON steps (run_id) WHERE status = 'running' AND agent;
 CREATE INDEX steps_gates ON steps (deadline) WHERE status = 'waiting';
 
 CREATE TABLE agent_calls (
