@@ -672,6 +672,13 @@ def indexes_by_part(node: dict[str, Any], part: str = "") -> dict[str, set[str]]
     return found
 
 
+async def with_steps_running(store: PostgresStore, **extra: Any) -> None:
+    """300 runs whose first steps are running: tables like those a worker's plans meet."""
+    for index in range(300):
+        await store.create_run(diamond(f"r{index:03}", **extra), 1.0)
+    await store.claim("w1", 2.0, 30, Capacity(100, 100), 3)
+
+
 async def test_a_settlement_reaches_its_steps_by_key(
     open_store: OpenStore, admin: asyncpg.Connection[Any]
 ) -> None:
@@ -679,10 +686,7 @@ async def test_a_settlement_reaches_its_steps_by_key(
     the index of running steps (the planner chose it for the fence's `status =
     'running'`), reading every step running in any run, and every dead entry of that
     index until a vacuum: 5% of the machine's CPU in the 4-worker agent benchmark."""
-    store = await open_store()
-    for index in range(300):
-        await store.create_run(diamond(f"r{index:03}"), 1.0)
-    await store.claim("w1", 2.0, 30, Capacity(100, 100), 3)
+    await with_steps_running(await open_store())
     parts = indexes_by_part(await generic_plan(admin, Q["settle_steps"]))
     assert parts["CTE done"] == {"steps_pkey"}, parts
     assert parts["CTE fenced"] == {"steps_pkey"}, parts
@@ -695,10 +699,7 @@ async def test_max_parallel_counts_only_the_runs_running_agent_steps(
     """For a run with a max_parallel, a claim and a settlement count its running agent
     steps; under their generic plans they counted through the index of all running steps
     (every run's, and its dead entries until a vacuum)."""
-    store = await open_store()
-    for index in range(300):
-        await store.create_run(diamond(f"r{index:03}", max_parallel=2), 1.0)
-    await store.claim("w1", 2.0, 30, Capacity(100, 100), 3)
+    await with_steps_running(await open_store(), max_parallel=2)
     parts = indexes_by_part(await generic_plan(admin, Q[query]))
     assert "steps_leased" not in set().union(*parts.values()), parts
     assert "steps_running_agents" in set().union(*parts.values()), parts
@@ -711,10 +712,7 @@ async def test_a_heartbeat_reaches_its_steps_by_key(
     """Under its generic plan, a heartbeat read every step running in any run (through the
     index of running steps, then filtering on the lease's owner), four times a second in
     every worker: the work of all heartbeats grew with workers times running steps."""
-    store = await open_store()
-    for index in range(300):
-        await store.create_run(diamond(f"r{index:03}"), 1.0)
-    await store.claim("w1", 2.0, 30, Capacity(100, 100), 3)
+    await with_steps_running(await open_store())
     parts = indexes_by_part(await generic_plan(admin, Q[query]))
     assert set().union(*parts.values()) == {"steps_pkey"}, parts
 
