@@ -252,8 +252,8 @@ class PostgresStore(Store):
         self.retry_seconds = retry_seconds
         self.connect_timeout = connect_timeout
         self._expiry_checked = -math.inf
-        self._settling: dict[str, list[_Settlement]] = {}
-        self._settlers: dict[str, asyncio.Task[None]] = {}
+        self._settling: list[_Settlement] = []
+        self._settler: asyncio.Task[None] | None = None
         self._pool: asyncpg.Pool | None = None
         self._subscribers: list[tuple[Callable[[str], None], bool]] = []
         self._listener: asyncio.Task[None] | None = None
@@ -312,10 +312,10 @@ class PostgresStore(Store):
             raise StoreError(f"cannot open the PostgreSQL store: {_describe(exc)}") from exc
 
     async def close(self) -> None:
-        for settler in list(self._settlers.values()):  # their waiting results fail
-            settler.cancel()
+        if self._settler is not None:  # the results waiting for it fail
+            self._settler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await settler
+                await self._settler
         if self._announcer is not None:
             self._announcer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -829,26 +829,26 @@ class PostgresStore(Store):
         excluded by the band that it reaches are settled right after (see
         :meth:`_reach_excluded`).
 
-        Results for a run that arrive while a settlement of it is in flight from this
-        process wait for it, then settle together in one statement: one lock of the run
-        and one commit for all of them (a fan-out's steps would otherwise take the run's
-        lock one at a time)."""
-        run_id = settlement.claim.run_id
-        self._settling.setdefault(run_id, []).append(settlement)
-        if run_id not in self._settlers:
-            self._settlers[run_id] = asyncio.create_task(self._settle_run(run_id))
+        Results that arrive while a settlement from this process is in flight wait for it,
+        then settle together in one statement, whatever their runs: one commit, one round
+        trip and one plan's start-up for all of them. Under load a worker's results
+        arrive several per settlement, and those fixed costs were most of a settlement's."""
+        self._settling.append(settlement)
+        if self._settler is None:
+            self._settler = asyncio.create_task(self._settle_queued())
         return await settlement.future
 
-    async def _settle_run(self, run_id: str) -> None:
-        """Settle what is queued for ``run_id``, in batches, until nothing is."""
+    async def _settle_queued(self) -> None:
+        """Settle what is queued, in batches, until nothing is."""
         batch: list[_Settlement] = []
         try:
-            while queued := self._settling.pop(run_id, None):
+            while self._settling:
+                queued, self._settling = self._settling, []
                 batch = [item for item in queued if not item.future.done()]
                 if not batch:
                     continue
                 try:
-                    results = await self._settle_batch(run_id, batch)
+                    results = await self._settle_batch(batch)
                 except Exception as exc:
                     for item in batch:
                         if not item.future.done():
@@ -858,35 +858,34 @@ class PostgresStore(Store):
                     if not item.future.done():
                         item.future.set_result(result)
         finally:
-            self._settlers.pop(run_id, None)
-            for item in batch + self._settling.pop(run_id, []):  # cancelled: the store closes
+            self._settler = None
+            leftover, self._settling = batch + self._settling, []
+            for item in leftover:  # cancelled: the store closes
                 if not item.future.done():
                     item.future.set_exception(StoreError("the store is closing"))
 
-    async def _settle_batch(self, run_id: str, batch: list[_Settlement]) -> list[Settled | None]:
-        """One statement for results of one run (see :meth:`_settle_step`). The eager claims
-        go to the first of them, which frees one of the slots they fill."""
+    async def _settle_batch(self, batch: list[_Settlement]) -> list[Settled | None]:
+        """One statement for results of one or several runs (see :meth:`_settle_step`). Each
+        run's eager claims go to its first result, which frees one of the slots they fill."""
         now = max(item.now for item in batch)
         eagers = [item.eager for item in batch if item.eager is not None]
         worker = eagers[0].worker if eagers else None
         expires = now + eagers[0].lease if eagers else None
         others, agents = _eager_capacity(batch)
+        runs = [item.claim.run_id for item in batch]
         steps = [item.claim.step_id for item in batch]
         attempts = _texts(item.claim.attempt for item in batch)
         columns = [list(column) for column in zip(*(item.values for item in batch), strict=True)]
         columns[5] = _texts(columns[5])  # scripted
         calls = [_call_values(item.call) for item in batch]
         call_columns = [_texts(column) for column in zip(*calls, strict=True)]
-        finish = next((item.finish for item in batch if item.finish is not None), None)
-        ending: tuple[str | None, ...] = (None, None, None, None)
-        if finish is not None:
-            payload = as_json(finish.payload())
-            ending = (str(finish.status), finish.report, finish.error, payload)
+        endings = [_ending(item.finish) for item in batch]
+        ending_columns = [list(column) for column in zip(*endings, strict=True)]
 
         async def settle(conn: Conn, token: str) -> tuple[list[asyncpg.Record], None]:
             rows = await conn.fetch(
                 Q["settle_steps"],
-                run_id,
+                runs,
                 steps,
                 [item.claim.worker for item in batch],
                 attempts,
@@ -901,32 +900,38 @@ class PostgresStore(Store):
                 _lock_key(token),
                 agents,
                 *call_columns,
-                *ending,
+                *ending_columns,
             )
             return rows, None
 
-        async def adopt() -> tuple[list[asyncpg.Record], Settled]:
-            settled = await self._fetch("settled_attempts", run_id, steps, attempts)
-            return settled, await self._adopt(run_id, worker)
+        async def adopt() -> tuple[list[asyncpg.Record], dict[str, Settled]]:
+            settled = await self._fetch("settled_attempts", runs, steps, attempts)
+            return settled, {run_id: await self._adopt(run_id, worker) for run_id in set(runs)}
 
         rows, adopted = await self._statement(batch[0].event, settle, adopt)
+        done: set[tuple[str, str]]
         if adopted is not None:
-            done = {row["step_id"] for row in rows}
-            result: Settled = adopted
-        elif rows:
-            done = set(rows[0]["settled"])
-            result = await self._settled(run_id, rows, worker, now)
+            done = {(row["run_id"], row["step_id"]) for row in rows}
+            outcomes = adopted
         else:
-            done, result = set(), Settled(0, (), True)
+            by_run: dict[str, list[asyncpg.Record]] = {}
+            for row in rows:
+                by_run.setdefault(row["of_run"], []).append(row)
+            done = {(run, step) for run, group in by_run.items() for step in group[0]["settled"]}
+            outcomes = {
+                run_id: await self._settled(run_id, group, worker, now)
+                for run_id, group in by_run.items()
+            }
         results: list[Settled | None] = []
-        claims = result.claims
         for item in batch:
-            if item.claim.step_id not in done:
+            claim = item.claim
+            if (claim.run_id, claim.step_id) not in done:
                 await self._refuse(item)
                 results.append(None)
                 continue
-            results.append(Settled(result.unsettled, claims, result.ready_left, result.finished))
-            claims = ()  # the eager claims are handed out once
+            outcome = outcomes[claim.run_id]
+            results.append(outcome)
+            outcomes[claim.run_id] = replace(outcome, claims=())  # handed out once
         return results
 
     async def _settled(
@@ -1224,6 +1229,14 @@ async def _settled(tx: _Tx, run_id: str, rows: list[asyncpg.Record]) -> int:
 def _texts(values: Iterable[Any]) -> list[str | None]:
     """Numbers and booleans as text, for an array the query casts (see queries.sql)."""
     return [None if value is None else str(value) for value in values]
+
+
+def _ending(finish: Finish | None) -> tuple[str | None, ...]:
+    """How a result's run ends in a settlement (status, report, error, payload); all NULL
+    for a result that does not end it."""
+    if finish is None:
+        return (None,) * 4
+    return (str(finish.status), finish.report, finish.error, as_json(finish.payload()))
 
 
 def _call_values(call: AgentCall | None) -> tuple[Any, ...]:

@@ -351,38 +351,44 @@ WHERE s.status = 'running' AND s.lease_owner = $4 AND s.attempts = c.attempt;
 
 -- name: settle_steps
 -- Steps' results, settled and recorded in one statement (the hot path of a run): the
--- results of one run ($1) that arrived together, as arrays of step ($2), lease owner
--- ($3), attempt ($4), status, output, fields, data, input, scripted ($5..$10), event and
--- payload ($15, $16): one lock of the run and one commit for all of them.
--- Lock the run (the uncorrelated subquery runs first); complete or skip each step whose
+-- results that arrived together from one process, of one run or several, as arrays of
+-- run ($1), step ($2), lease owner ($3), attempt ($4), status, output, fields, data,
+-- input, scripted ($5..$10), event and payload ($15, $16): one commit for all of them.
+-- Lock the runs in the order of their ids (the uncorrelated subquery runs first; writers of
+-- several runs all lock in that order, so none deadlock); complete or skip each step whose
 -- fence (owner, attempt) holds; take from each dependent as many needs as it had among
 -- them, leasing at once (to $12, until $13) up to $14 code steps and gates and up to $19
--- agent steps (within the run's max_parallel) they make ready; count the steps off the
--- run; append their events in the order given, then the step_started events; leave the
--- receipt ($17, its result "adopt": see PostgresStore._adopt) and hold its lock ($18,
--- see receipt_lock). Record the agent calls given with the results ($20..$26: sequence,
--- persona, prompt, output, backend (NULL: no call), scripted, at), fence or not. With a
--- finish ($27 status, $28 report, $29 error, $30 payload), a run left with no unsettled
--- step is finished, with its event last (`finished` in the rows).
--- No row when no fence holds; else one row per dependent (or one row of NULLs), each with
--- the run's unsettled count and `settled`, the steps settled. A statement that waited for
--- the run's lock reads the steps as they were when it began: only `candidate` (which
--- steps to take at once) can be stale, and only in the safe direction (a step is taken
--- only if its last needs are these); the UPDATEs act on the latest rows.
+-- agent steps in all (within each run's max_parallel) they make ready; count the steps off
+-- their runs; append each run's events in the order given, then its step_started events;
+-- leave the receipt ($17, its result "adopt": see PostgresStore._adopt) and hold its lock
+-- ($18, see receipt_lock). Record the agent calls given with the results ($20..$26:
+-- sequence, persona, prompt, output, backend (NULL: no call), scripted, at), fence or
+-- not. A result may carry how its run ends ($27 status, $28 report, $29 error, $30
+-- payload): the run, if left with no unsettled step, is finished, with its event last.
+-- One row per dependent of each run with a fence that held (or one row of NULLs for the
+-- run, as `of_run`), each with the run's unsettled count, `finished`, and `settled`, its
+-- steps settled; no row for a run none of whose fences held. A statement that waited for
+-- a run's lock reads the steps as they were when it began: only `candidate` (which steps
+-- to take at once) can be stale, and only in the safe direction (a step is taken only if
+-- its last needs are these); the UPDATEs act on the latest rows.
 WITH given AS (
-    SELECT * FROM unnest($2::text[], $3::text[], $4::text[]::int[], $5::text[], $6::text[],
-                         $7::text[], $8::text[], $9::text[], $10::text[]::bool[], $15::text[],
-                         $16::text[], $20::text[]::int[], $21::text[], $22::text[], $23::text[],
-                         $24::text[], $25::text[]::bool[], $26::text[]::float8[])
-        WITH ORDINALITY AS g(step_id, owner, attempt, status, output, fields, data, input,
-                             scripted, event, payload, sequence, persona, prompt, reply,
-                             backend, call_scripted, called_at, nth)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]::int[], $5::text[],
+                         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[]::bool[],
+                         $15::text[], $16::text[], $20::text[]::int[], $21::text[], $22::text[],
+                         $23::text[], $24::text[], $25::text[]::bool[], $26::text[]::float8[],
+                         $27::text[], $28::text[], $29::text[], $30::text[])
+        WITH ORDINALITY AS g(run_id, step_id, owner, attempt, status, output, fields, data,
+                             input, scripted, event, payload, sequence, persona, prompt,
+                             reply, backend, call_scripted, called_at, ending, end_report,
+                             end_error, end_payload, nth)
+), locked AS (
+    SELECT id FROM runs WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE
 ), called AS (
     INSERT INTO agent_calls (
         run_id, step_id, attempt, sequence, persona, prompt, output, backend, scripted, at
     )
-    SELECT $1, step_id, attempt, sequence, persona, prompt, reply, backend, call_scripted,
-           called_at
+    SELECT run_id, step_id, attempt, sequence, persona, prompt, reply, backend,
+           call_scripted, called_at
     FROM given WHERE backend IS NOT NULL
     ON CONFLICT (run_id, step_id, attempt, sequence) DO UPDATE
     SET persona = excluded.persona, prompt = excluded.prompt, output = excluded.output,
@@ -394,48 +400,57 @@ WITH given AS (
     SELECT g.*
     FROM given g CROSS JOIN LATERAL (
         SELECT status, lease_owner, attempts FROM steps
-        WHERE run_id = (SELECT id FROM runs WHERE id = $1 FOR UPDATE) AND step_id = g.step_id
+        WHERE run_id = g.run_id AND step_id = g.step_id
         LIMIT 1 FOR UPDATE
     ) AS s
-    WHERE s.status = 'running' AND s.lease_owner = g.owner AND s.attempts = g.attempt
+    WHERE (SELECT count(*) FROM locked) > 0  -- the runs' locks first
+      AND s.status = 'running' AND s.lease_owner = g.owner AND s.attempts = g.attempt
 ), done AS (  -- rows this statement holds: a key is all the UPDATE needs
     UPDATE steps
     SET status = g.status, output = g.output, fields = g.fields, data = g.data,
         input = coalesce(g.input, steps.input), scripted = g.scripted, error = NULL,
         lease_owner = NULL, lease_expires = NULL, finished_at = $11
     FROM fenced g
-    WHERE steps.run_id = $1 AND steps.step_id = g.step_id
-    RETURNING steps.step_id, steps.dependents, g.nth, g.event, g.payload
+    WHERE steps.run_id = g.run_id AND steps.step_id = g.step_id
+    RETURNING steps.run_id, steps.step_id, steps.dependents, g.nth, g.event, g.payload
 ), needs AS (
-    SELECT d.step_id, count(*)::int AS n
+    SELECT done.run_id, d.step_id, count(*)::int AS n
     FROM done CROSS JOIN LATERAL unnest(done.dependents) AS d(step_id)
-    GROUP BY d.step_id
+    GROUP BY done.run_id, d.step_id
 ), candidate AS (
-    SELECT s.step_id, s.position, s.agent, needs.n,
+    SELECT needs.run_id, s.step_id, s.position, s.agent, needs.n,
            (s.waiting_on = needs.n AND s.status = 'pending'
             AND NOT s.excluded AND s.ready_at <= $11) AS ready
     FROM needs CROSS JOIN LATERAL (
         SELECT step_id, position, waiting_on, status, agent, excluded, ready_at
-        FROM steps WHERE run_id = $1 AND step_id = needs.step_id
+        FROM steps WHERE run_id = needs.run_id AND step_id = needs.step_id
         LIMIT 1  -- keeps the lookup per dependent (not flattened into a run-wide join)
     ) AS s
-), room AS (  -- agent steps to take: $19, within max_parallel less those running (counted
-              -- only when the run has a max_parallel and a candidate agent step is ready)
-    SELECT CASE WHEN max_parallel IS NULL THEN $19
-                ELSE least($19, max_parallel - (
+), room AS (  -- agent steps each run may take: within its max_parallel less those running
+              -- (counted only for a run that has one and a candidate agent step ready)
+    SELECT runs.id AS run_id,
+           CASE WHEN max_parallel IS NULL THEN $19
+                ELSE max_parallel - (
                     SELECT count(*) FROM steps
-                    WHERE run_id = $1 AND status = 'running' AND agent
-                      AND step_id NOT IN (SELECT step_id FROM done)))
+                    WHERE run_id = runs.id AND status = 'running' AND agent
+                      AND step_id NOT IN (SELECT step_id FROM done WHERE run_id = runs.id))
            END AS n
-    FROM runs WHERE id = $1
+    FROM runs WHERE id IN (SELECT run_id FROM candidate WHERE ready AND agent)
 ), chosen AS (
-    (SELECT step_id FROM candidate WHERE ready AND NOT agent ORDER BY position LIMIT $14)
+    (SELECT run_id, step_id FROM candidate WHERE ready AND NOT agent
+     ORDER BY run_id, position LIMIT $14)
     UNION ALL
-    (SELECT step_id FROM (
-        SELECT step_id, row_number() OVER (ORDER BY position) AS nth
-        FROM candidate WHERE ready AND agent
-     ) AS a
-     WHERE nth <= (SELECT n FROM room))
+    (SELECT run_id, step_id FROM (
+        SELECT run_id, step_id, row_number() OVER (ORDER BY run_id, position) AS nth
+        FROM (
+            SELECT c.run_id, c.step_id, c.position, room.n AS room,
+                   row_number() OVER (PARTITION BY c.run_id ORDER BY c.position) AS in_run
+            FROM candidate c JOIN room ON room.run_id = c.run_id
+            WHERE c.ready AND c.agent
+        ) AS a
+        WHERE in_run <= room
+     ) AS b
+     WHERE nth <= $19)
 ), dependent AS (
     UPDATE steps
     SET waiting_on = steps.waiting_on - candidate.n,
@@ -446,59 +461,70 @@ WITH given AS (
         lease_expires = CASE WHEN chosen.step_id IS NULL THEN steps.lease_expires ELSE $13 END,
         started_at = CASE WHEN chosen.step_id IS NULL THEN steps.started_at
                           ELSE coalesce(steps.started_at, $11) END
-    FROM candidate LEFT JOIN chosen ON chosen.step_id = candidate.step_id
-    WHERE steps.run_id = $1 AND steps.step_id = candidate.step_id
+    FROM candidate LEFT JOIN chosen
+         ON chosen.run_id = candidate.run_id AND chosen.step_id = candidate.step_id
+    WHERE steps.run_id = candidate.run_id AND steps.step_id = candidate.step_id
     RETURNING steps.run_id, steps.step_id, steps.position, steps.waiting_on, steps.excluded,
               steps.status, steps.dependents, steps.kind, steps.attempts, steps.failures,
               chosen.step_id IS NOT NULL AS taken
-), taken AS (
-    SELECT count(*) AS n FROM dependent WHERE taken
 ), settled AS (
-    SELECT count(*) AS n, array_agg(step_id) AS ids FROM done
-), run AS (  -- ends when $27 is given and the run's latest row has only these unsettled
+    SELECT run_id, count(*) AS n, array_agg(step_id) AS ids FROM done GROUP BY run_id
+), taken AS (
+    SELECT run_id, count(*) AS n FROM dependent WHERE taken GROUP BY run_id
+), ending AS (  -- how a run ends, if it does: the first given
+    SELECT DISTINCT ON (run_id) run_id, ending, end_report, end_error, end_payload
+    FROM given WHERE ending IS NOT NULL ORDER BY run_id, nth
+), run AS (  -- ends when told how and the run's latest row has only these unsettled
     UPDATE runs
-    SET unsettled = unsettled - settled.n, updated_at = $11,
-        last_event = last_event + settled.n + (SELECT n FROM taken)
-                     + ($27::text IS NOT NULL AND unsettled = settled.n)::int,
-        status = CASE WHEN $27::text IS NOT NULL AND unsettled = settled.n THEN $27
+    SET unsettled = unsettled - s.n, updated_at = $11,
+        last_event = last_event + s.n + coalesce(t.n, 0)
+                     + (e.ending IS NOT NULL AND unsettled = s.n)::int,
+        status = CASE WHEN e.ending IS NOT NULL AND unsettled = s.n THEN e.ending
                       ELSE status END,
-        report = CASE WHEN $27::text IS NOT NULL AND unsettled = settled.n THEN $28
+        report = CASE WHEN e.ending IS NOT NULL AND unsettled = s.n THEN e.end_report
                       ELSE report END,
-        error = CASE WHEN $27::text IS NOT NULL AND unsettled = settled.n THEN $29
+        error = CASE WHEN e.ending IS NOT NULL AND unsettled = s.n THEN e.end_error
                      ELSE error END,
-        finished_at = CASE WHEN $27::text IS NOT NULL AND unsettled = settled.n THEN $11
+        finished_at = CASE WHEN e.ending IS NOT NULL AND unsettled = s.n THEN $11
                            ELSE finished_at END
-    FROM settled
-    WHERE id = $1 AND EXISTS (SELECT 1 FROM done)
-    RETURNING unsettled, last_event, ($27::text IS NOT NULL AND unsettled = 0) AS finished
+    FROM settled s LEFT JOIN taken t ON t.run_id = s.run_id
+         LEFT JOIN ending e ON e.run_id = s.run_id
+    WHERE runs.id = s.run_id
+    RETURNING runs.id AS run_id, unsettled, last_event, s.n AS settled, coalesce(t.n, 0) AS taken,
+              (e.ending IS NOT NULL AND unsettled = 0) AS finished,
+              e.ending, e.end_payload
 ), logged AS (
     INSERT INTO events (run_id, id, step_id, event, payload, at)
-    SELECT $1,
-           run.last_event - run.finished::int - taken.n - settled.n
-               + row_number() OVER (ORDER BY done.nth),
+    SELECT done.run_id,
+           run.last_event - run.finished::int - run.taken - run.settled
+               + row_number() OVER (PARTITION BY done.run_id ORDER BY done.nth),
            done.step_id, done.event, done.payload, $11
-    FROM run, taken, settled, done
+    FROM done JOIN run ON run.run_id = done.run_id
     UNION ALL
-    SELECT $1, run.last_event - run.finished::int - taken.n
-               + row_number() OVER (ORDER BY d.position),
+    SELECT d.run_id, run.last_event - run.finished::int - run.taken
+               + row_number() OVER (PARTITION BY d.run_id ORDER BY d.position),
            d.step_id, 'step_started',
            json_build_object('attempt', d.attempts, 'worker', $12)::text, $11
-    FROM run, taken, dependent d WHERE d.taken
+    FROM dependent d JOIN run ON run.run_id = d.run_id WHERE d.taken
     UNION ALL
-    SELECT $1, run.last_event, NULL, 'run_' || $27, $30, $11 FROM run WHERE run.finished
+    SELECT run_id, last_event, NULL, 'run_' || ending, end_payload, $11
+    FROM run WHERE finished
 ), receipt AS (
-    INSERT INTO commits (token, result, at) SELECT $17, '"adopt"', $11 FROM run
+    INSERT INTO commits (token, result, at)
+    SELECT $17, '"adopt"', $11 WHERE EXISTS (SELECT 1 FROM run)
 )
-SELECT run.unsettled, run.finished, settled.ids AS settled, pg_advisory_xact_lock($18) AS held,
-       dependent.*
-FROM run CROSS JOIN settled LEFT JOIN dependent ON true;
+SELECT run.run_id AS of_run, run.unsettled, run.finished, settled.ids AS settled,
+       pg_advisory_xact_lock($18) AS held, dependent.*
+FROM run JOIN settled ON settled.run_id = run.run_id
+     LEFT JOIN dependent ON dependent.run_id = run.run_id;
 
 -- name: settled_attempts
--- Which of these steps ($2) of a run ($1) are settled at these attempts ($3): after a
--- lost acknowledgement, which results of a batch settlement were recorded.
-SELECT s.step_id FROM steps s
-JOIN unnest($2::text[], $3::text[]::int[]) AS g(step_id, attempt) ON g.step_id = s.step_id
-WHERE s.run_id = $1 AND s.attempts = g.attempt AND s.status IN ('completed', 'skipped');
+-- Which of these steps ($1 run, $2 step) are settled at these attempts ($3): after a lost
+-- acknowledgement, which results of a batch settlement were recorded.
+SELECT s.run_id, s.step_id FROM steps s
+JOIN unnest($1::text[], $2::text[], $3::text[]::int[]) AS g(run_id, step_id, attempt)
+     ON g.run_id = s.run_id AND g.step_id = s.step_id
+WHERE s.attempts = g.attempt AND s.status IN ('completed', 'skipped');
 
 -- name: retry_step
 UPDATE steps
