@@ -30,6 +30,7 @@ from engine.store.base import (
     Capacity,
     Claim,
     Eager,
+    Finish,
     NewRun,
     NewStep,
     StepRecord,
@@ -540,6 +541,105 @@ async def test_a_batch_whose_ack_is_lost_is_recorded_once(
     names = await event_names(store)
     assert names.count("step_completed") == 2 and names.count("stale_result_refused") == 0
     assert (await store.get_run("r1")).unsettled == 1
+
+
+# Results of several runs settled together
+
+
+def pair(run_id: str, agent: bool = False) -> NewRun:
+    """a, then b."""
+    steps = [NewStep("a", "code", False, 0, 0, ("b",)), NewStep("b", "code", agent, 1, 1)]
+    return NewRun(run_id, "pair", None, "m", {}, "{}", "h", steps)
+
+
+async def firsts(store: PostgresStore, runs: list[str], agent: bool = False) -> list[Claim]:
+    """Each run's first step, claimed by w1, in the order of ``runs``."""
+    for run_id in runs:
+        await store.create_run(pair(run_id, agent), 1.0)
+    claims = {c.run_id: c for c in await store.claim("w1", 1.0, 30, Capacity(0, 8), 3)}
+    return [claims[run_id] for run_id in runs]
+
+
+async def test_results_of_several_runs_that_arrive_together_settle_in_one_statement(
+    open_store: OpenStore, admin: asyncpg.Connection[Any]
+) -> None:
+    """Each run gets its own counts, its own gapless events and its own eager claims; the
+    worker's free slots are shared: two code slots for three steps made ready."""
+    store = await open_store()
+    runs = ["r3", "r1", "r2"]  # not in the order of their ids
+    held = await firsts(store, runs)
+    receipts = await admin.fetchval("SELECT count(*) FROM commits")
+    settled = await asyncio.gather(
+        *(store.complete_step(c, StepResult(c.run_id), 2.0, Eager("w1", 30, 0)) for c in held)
+    )
+    assert await admin.fetchval("SELECT count(*) FROM commits") == receipts + 1
+    assert all(s is not None and s.unsettled == 1 for s in settled)
+    # the slots go to the runs in the order of their ids, each run's claim to its result
+    claims = [[(c.run_id, c.step_id) for c in s.claims] for s in settled if s is not None]
+    assert claims == [[], [("r1", "b")], [("r2", "b")]]
+    taken = ["r1", "r2"]
+    for run_id in runs:
+        steps = await steps_by_id(store, run_id)
+        assert steps["a"].output == run_id
+        assert steps["b"].status == (StepStatus.RUNNING if run_id in taken else StepStatus.PENDING)
+        events = await store.events(run_id)
+        assert [e.id for e in events] == list(range(1, len(events) + 1))
+        started = ["step_started"] if run_id in taken else []
+        assert [e.event for e in events if e.step_id == "b"] == started
+    assert [c.run_id for c in await store.claim("w2", 3.0, 30, Capacity(0, 8), 3)] == ["r3"]
+
+
+async def test_a_batch_of_several_runs_finishes_those_it_ends(open_store: OpenStore) -> None:
+    """One run's last result, told how the run ends, and another run's first result: only
+    the first run finishes, with its event last; a stale result of a third is refused; a
+    fourth run's two last results, only the second told how it ends, finish it."""
+    store = await open_store()
+    one, two, three = await firsts(store, ["r1", "r2", "r3"])
+    (last,) = (await store.complete_step(one, StepResult("A"), 2.0, Eager("w1", 30, 1))).claims
+    await store.create_run(wide("r4", 2), 2.0)
+    sinks = await store.claim("w1", 2.0, 30, Capacity(0, 8), 3)
+    stale = Claim("r3", "a", "code", three.attempt + 1, 0, "w1")
+    finish = Finish(RunStatus.COMPLETED, "the report", None)
+    ended, going, refused, *_ = await asyncio.gather(
+        store.complete_step(last, StepResult("B"), 3.0, None, finish),
+        store.complete_step(two, StepResult("A"), 3.0, None, finish),  # not its last step
+        store.complete_step(stale, StepResult("A"), 3.0),
+        store.complete_step(sinks[0], StepResult("S"), 3.0),
+        store.complete_step(sinks[1], StepResult("S"), 3.0, None, finish),
+    )
+    assert ended is not None and (ended.unsettled, ended.finished) == (0, True)
+    assert going is not None and (going.unsettled, going.finished) == (1, False)
+    assert refused is None
+    assert (await store.get_run("r4")).status is RunStatus.COMPLETED
+    assert (await store.get_run("r1")).status is RunStatus.COMPLETED
+    assert (await store.get_run("r1")).report == "the report"
+    assert (await event_names(store, "r1"))[-1] == "run_completed"
+    assert (await store.get_run("r2")).status is RunStatus.RUNNING
+    assert "run_completed" not in await event_names(store, "r2")
+    assert (await event_names(store, "r3"))[-1] == "stale_result_refused"
+    assert (await steps_by_id(store, "r3"))["a"].status is StepStatus.RUNNING
+
+
+async def test_a_batch_of_several_runs_whose_ack_is_lost_is_recorded_once(
+    proxy: Proxy, open_store: OpenStore
+) -> None:
+    store = await open_store(proxy.url)
+    held = await firsts(store, ["r1", "r2"])
+    await asyncio.sleep(0.1)  # the claim's wake-up (NOTIFY, sent just after it) has gone
+    proxy.drop_statement_ack()
+    settled = await asyncio.gather(
+        *(store.complete_step(c, StepResult("A"), 2.0, Eager("w1", 30, 2)) for c in held)
+    )
+    assert proxy.fired == 1
+    # both known recorded, by the receipt; each adopts its run's step leased to w1
+    assert [[(c.run_id, c.step_id) for c in s.claims] for s in settled if s is not None] == [
+        [("r1", "b")],
+        [("r2", "b")],
+    ]
+    for run_id in ("r1", "r2"):
+        names = await event_names(store, run_id)
+        assert names.count("step_completed") == 1 and "stale_result_refused" not in names
+        assert (await store.get_run(run_id)).unsettled == 1
 
 
 def test_receipt_tokens_and_their_locks_do_not_repeat() -> None:
