@@ -843,8 +843,8 @@ class PostgresStore(Store):
         batch: list[_Settlement] = []
         try:
             while self._settling:
-                queued, self._settling = self._settling, []
-                batch = [item for item in queued if not item.future.done()]
+                batch, self._settling = _one_worker(self._settling)
+                batch = [item for item in batch if not item.future.done()]
                 if not batch:
                     continue
                 try:
@@ -1229,6 +1229,15 @@ async def _settled(tx: _Tx, run_id: str, rows: list[asyncpg.Record]) -> int:
 def _texts(values: Iterable[Any]) -> list[str | None]:
     """Numbers and booleans as text, for an array the query casts (see queries.sql)."""
     return [None if value is None else str(value) for value in values]
+
+
+def _one_worker(queued: list[_Settlement]) -> tuple[list[_Settlement], list[_Settlement]]:
+    """The results that may settle in one statement (those whose eager claims go to the
+    first one's worker, or that claim nothing), and the rest, in the order they came: the
+    free slots a batch fills are one worker's."""
+    worker = next((item.eager.worker for item in queued if item.eager), None)
+    batch = [item for item in queued if item.eager is None or item.eager.worker == worker]
+    return batch, [item for item in queued if item.eager and item.eager.worker != worker]
 
 
 def _ending(finish: Finish | None) -> tuple[str | None, ...]:

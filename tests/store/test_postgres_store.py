@@ -37,7 +37,13 @@ from engine.store.base import (
     StepResult,
     StoreError,
 )
-from engine.store.postgres import PostgresStore, _eager_capacity, _lock_key, _Settlement
+from engine.store.postgres import (
+    PostgresStore,
+    _eager_capacity,
+    _lock_key,
+    _one_worker,
+    _Settlement,
+)
 from engine.store.queries import load_queries
 from tests.pgproxy import Proxy
 from tests.postgres import fresh_schema
@@ -665,6 +671,22 @@ def test_a_batch_frees_one_slot_of_each_kind_per_step() -> None:
     # max_code 4 with 1 other code step running, max_agents 2 with nothing else running:
     batch = [item("code", 2, 1), item("code", 2, 1), item("agent", 1, 2)]
     assert _eager_capacity(batch) == (3, 2)
+
+
+def test_a_batch_fills_the_free_slots_of_one_worker_only() -> None:
+    """Two workers sharing a process's store: a batch takes the results whose eager claims
+    go to the first one's worker (or to none); the other's wait for the next statement."""
+
+    def item(step: str, worker: str | None) -> _Settlement:
+        claim = Claim("r1", step, "code", 1, 0, worker or "w1")
+        eager = Eager(worker, 30, 1) if worker else None
+        values = ("completed", "", "{}", None, None, False)
+        return _Settlement(claim, values, "step_completed", {}, 1.0, eager, None, None, None)  # type: ignore[arg-type]
+
+    queued = [item("a", None), item("b", "w2"), item("c", "w1"), item("d", "w2")]
+    batch, rest = _one_worker(queued)
+    assert [i.claim.step_id for i in batch] == ["a", "b", "d"]
+    assert [i.claim.step_id for i in rest] == ["c"]
 
 
 async def test_a_claim_brings_each_steps_run_along(open_store: OpenStore) -> None:
