@@ -285,6 +285,12 @@ class PostgresStore(Store):
             # worker's statements end up with the generic plan either way; an API process
             # keeps custom plans, which list_runs' optional filters need.
             settings["plan_cache_mode"] = "force_generic_plan"
+            # A generic plan made while the tables were small and without statistics
+            # scanned every step (a settlement's update of the dependents of several runs
+            # at a few hundred runs), and the connection keeps it until an ANALYZE. Every
+            # statement of a worker reaches its rows through an index: a sequential scan
+            # (taken still where no index serves) is never the plan to keep.
+            settings["enable_seqscan"] = "off"
         if "application_name=" not in self.url:  # the URL may name the connections itself
             settings["application_name"] = "flowrunner"
         return settings

@@ -766,6 +766,14 @@ async def test_a_claims_reads_do_not_grow_with_the_backlog(
     assert many < few * 1.5 + 20, (few, many)
 
 
+WORKER_PLANNING = {
+    name: value
+    for name, value in PostgresStore("postgresql://unused", generic_plans=True)._settings().items()
+    if name in ("plan_cache_mode", "enable_seqscan")
+}
+"""The settings a worker's connections plan under."""
+
+
 async def generic_plan(conn: asyncpg.Connection[Any], query: str) -> dict[str, Any]:
     """The generic plan of ``query`` (the plan a worker's connections use)."""
     types = [param.name for param in (await conn.prepare(query)).get_parameters()]
@@ -773,7 +781,8 @@ async def generic_plan(conn: asyncpg.Connection[Any], query: str) -> dict[str, A
     transaction = conn.transaction()
     await transaction.start()
     try:
-        await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        for name, value in WORKER_PLANNING.items():
+            await conn.execute(f"SET LOCAL {name} = {value}")
         await conn.execute(f"PREPARE planned ({', '.join(types)}) AS {query}")
         nulls = ", ".join(["NULL"] * len(types))
         (row,) = await conn.fetch(f"EXPLAIN (FORMAT JSON) EXECUTE planned ({nulls})")
@@ -794,9 +803,15 @@ def indexes_by_part(node: dict[str, Any], part: str = "") -> dict[str, set[str]]
     return found
 
 
-async def with_steps_running(store: PostgresStore, **extra: Any) -> None:
-    """300 runs whose first steps are running: tables like those a worker's plans meet."""
-    for index in range(300):
+def scanned(node: dict[str, Any]) -> set[str]:
+    """The tables a plan reads whole (sequential scans)."""
+    found = {node["Relation Name"]} if node["Node Type"] == "Seq Scan" else set()
+    return found.union(*(scanned(child) for child in node.get("Plans", [])))
+
+
+async def with_steps_running(store: PostgresStore, runs: int = 300, **extra: Any) -> None:
+    """Runs whose first steps are running: tables like those a worker's plans meet."""
+    for index in range(runs):
         await store.create_run(diamond(f"r{index:03}", **extra), 1.0)
     await store.claim("w1", 2.0, 30, Capacity(100, 100), 3)
 
@@ -812,6 +827,18 @@ async def test_a_settlement_reaches_its_steps_by_key(
     parts = indexes_by_part(await generic_plan(admin, Q["settle_steps"]))
     assert parts["CTE done"] == {"steps_pkey"}, parts
     assert parts["CTE fenced"] == {"steps_pkey"}, parts
+
+
+async def test_a_settlement_planned_on_small_tables_never_scans_every_step(
+    open_store: OpenStore, admin: asyncpg.Connection[Any]
+) -> None:
+    """A worker's connection plans a statement once, at its first use, and keeps the plan
+    until an ANALYZE. Planned on tables of a few dozen runs without statistics, a
+    settlement updated the dependents of its runs through a hash join over every step."""
+    await with_steps_running(await open_store(), runs=50)
+    plan = await generic_plan(admin, Q["settle_steps"])
+    assert "steps" not in scanned(plan), scanned(plan)
+    assert "steps_pkey" in indexes_by_part(plan)["CTE dependent"]
 
 
 @pytest.mark.parametrize("query", ["claim_ready", "settle_steps"])

@@ -381,8 +381,11 @@ WITH given AS (
                              input, scripted, event, payload, sequence, persona, prompt,
                              reply, backend, call_scripted, called_at, ending, end_report,
                              end_error, end_payload, nth)
-), locked AS (
-    SELECT id FROM runs WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE
+), locked AS (  -- one by one in the order of their ids, each by its key
+    SELECT r.id
+    FROM (SELECT DISTINCT run_id FROM given ORDER BY run_id) AS g CROSS JOIN LATERAL (
+        SELECT id FROM runs WHERE id = g.run_id LIMIT 1 FOR UPDATE
+    ) AS r
 ), called AS (
     INSERT INTO agent_calls (
         run_id, step_id, attempt, sequence, persona, prompt, output, backend, scripted, at
@@ -451,22 +454,25 @@ WITH given AS (
         WHERE in_run <= room
      ) AS b
      WHERE nth <= $19)
-), dependent AS (
-    UPDATE steps
-    SET waiting_on = steps.waiting_on - candidate.n,
-        queued_at = CASE WHEN steps.waiting_on = candidate.n THEN $11 ELSE steps.queued_at END,
-        status = CASE WHEN chosen.step_id IS NULL THEN steps.status ELSE 'running' END,
-        attempts = steps.attempts + (chosen.step_id IS NOT NULL)::int,
-        lease_owner = CASE WHEN chosen.step_id IS NULL THEN steps.lease_owner ELSE $12 END,
-        lease_expires = CASE WHEN chosen.step_id IS NULL THEN steps.lease_expires ELSE $13 END,
-        started_at = CASE WHEN chosen.step_id IS NULL THEN steps.started_at
-                          ELSE coalesce(steps.started_at, $11) END
+), decided AS (
+    SELECT candidate.*, chosen.step_id IS NOT NULL AS taken
     FROM candidate LEFT JOIN chosen
          ON chosen.run_id = candidate.run_id AND chosen.step_id = candidate.step_id
-    WHERE steps.run_id = candidate.run_id AND steps.step_id = candidate.step_id
+), dependent AS (
+    UPDATE steps
+    SET waiting_on = steps.waiting_on - d.n,
+        queued_at = CASE WHEN steps.waiting_on = d.n THEN $11 ELSE steps.queued_at END,
+        status = CASE WHEN d.taken THEN 'running' ELSE steps.status END,
+        attempts = steps.attempts + d.taken::int,
+        lease_owner = CASE WHEN d.taken THEN $12 ELSE steps.lease_owner END,
+        lease_expires = CASE WHEN d.taken THEN $13 ELSE steps.lease_expires END,
+        started_at = CASE WHEN d.taken THEN coalesce(steps.started_at, $11)
+                          ELSE steps.started_at END
+    FROM decided d
+    WHERE steps.run_id = d.run_id AND steps.step_id = d.step_id
     RETURNING steps.run_id, steps.step_id, steps.position, steps.waiting_on, steps.excluded,
               steps.status, steps.dependents, steps.kind, steps.attempts, steps.failures,
-              chosen.step_id IS NOT NULL AS taken
+              d.taken
 ), settled AS (
     SELECT run_id, count(*) AS n, array_agg(step_id) AS ids FROM done GROUP BY run_id
 ), taken AS (
