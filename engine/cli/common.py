@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import Coroutine, Sequence
@@ -47,6 +48,18 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
     except ImportError:
         return asyncio.run(main)
     return uvloop.run(main)
+
+
+def log_to_stderr() -> None:
+    """Show the engine's own log (a dead worker's steps taken over, a database outage, a
+    shutdown) on stderr, with the time and level, for the long-running commands."""
+    logger = logging.getLogger("flowrunner")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def exit_past_threads(code: int) -> NoReturn:

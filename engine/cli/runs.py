@@ -25,6 +25,7 @@ from engine.cli.common import (
     checked_flow,
     exit_past_threads,
     fail,
+    log_to_stderr,
     open_project,
     run_async,
 )
@@ -298,9 +299,11 @@ def worker(
         typer.echo(f"worker {runner.id} started (pid {os.getpid()})", err=True)
         await runner.run(until_idle=until_idle, grace=grace)
         stopped.append(runner.stopping.is_set())
+        typer.echo(f"worker {runner.id} stopped", err=True)
         return 0
 
     stopped: list[bool] = []
+    log_to_stderr()
     code = with_store(body, worker_only=True)
     if stopped and stopped[0]:
         exit_past_threads(code)

@@ -18,7 +18,14 @@ import uvicorn
 from engine.api.app import create_app, dump_openapi
 from engine.api.context import Api
 from engine.api.frames import Frames
-from engine.cli.common import app, exit_past_threads, fail, open_project, run_async
+from engine.cli.common import (
+    app,
+    exit_past_threads,
+    fail,
+    log_to_stderr,
+    open_project,
+    run_async,
+)
 from engine.config import Project
 from engine.errors import FlowrunnerError
 from engine.runner.setup import agent_backend, open_store
@@ -123,6 +130,8 @@ def serve(
     tokens = api_tokens(project)
     if tokens is None and not is_loopback(host):
         raise fail(f"refusing to listen on {host} without FLOWRUNNER_API_TOKEN (or a tokens file)")
+
+    log_to_stderr()
 
     async def main() -> None:
         store = open_store(project)

@@ -147,11 +147,14 @@ class Worker:
     async def _shutdown(self, grace: float) -> None:
         tasks = [task for _, task in self.active.values()]
         if tasks:
+            log.info("stopping: %d running step(s) get up to %gs to finish", len(tasks), grace)
             await asyncio.wait(tasks, timeout=grace)
         leftover = [claim for claim, task in self.active.values() if not task.done()]
         for _, task in self.active.values():
             task.cancel()
         if leftover:
+            names = ", ".join(f"{claim.run_id}/{claim.step_id}" for claim in leftover)
+            log.info("handing back %d step(s) for another worker: %s", len(leftover), names)
             with contextlib.suppress(StoreError):
                 await self.store.release(leftover, self.clock())
 

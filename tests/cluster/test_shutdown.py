@@ -45,6 +45,10 @@ def test_sigterm_finishes_what_fits_in_the_grace_and_hands_back_the_rest(
     assert steps["quick"]["status"] == "completed", "finished within the grace"
     assert (steps["slow"]["status"], steps["slow"]["attempts"]) == ("pending", 0)
     assert "step_released" in cluster.event_names(run_id, "slow")
+    said = (cluster.logs / "worker-1.log").read_text()  # what the operator sees
+    assert "stopping: 2 running step(s) get up to 2s to finish" in said
+    assert f"handing back 1 step(s) for another worker: {run_id}/slow" in said
+    assert said.rstrip().endswith("stopped")
 
     second = cluster.worker()
     assert cluster.wait_terminal(run_id, 30) == "completed"
