@@ -16,7 +16,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -80,8 +80,14 @@ class Worker:
         self.compiled: dict[str, CompiledFlow] = {}
         self.replays: dict[str, Backend] = {}
         self.active: dict[tuple[str, str], tuple[Claim, asyncio.Task[None]]] = {}
+        self.lent = Capacity(0, 0)
+        """Free slots lent to the claim or the settlements in flight, which may fill them:
+        two of them must not both count a free slot, or the worker runs more steps than its
+        limits."""
         self.saturated = True
         """The last claim may have left work (it took all it had room for)."""
+        self.starved = False
+        """The last claim had less room for slots lent out at the time."""
         self.writing: set[tuple[str, str]] = set()
         """Claims whose outcome is being written: the store's fence decides, not a heartbeat."""
         self.wake = asyncio.Event()
@@ -175,25 +181,45 @@ class Worker:
 
     # Claiming and executing
 
+    def _free(self) -> Capacity:
+        """Slots neither running a step (or writing its outcome) nor lent out."""
+        agents = sum(claim.kind == "agent" for claim, _ in self.active.values())
+        others = len(self.active) - agents
+        return Capacity(
+            max(self.settings.max_agents - agents - self.lent.agents, 0),
+            max(self.settings.max_code - others - self.lent.others, 0),
+        )
+
+    @contextlib.contextmanager
+    def _lending(self, slots: Capacity) -> Iterator[None]:
+        """Lend ``slots`` to a store call in flight; the steps it takes start (and hold
+        their slots) before the loan ends, with no await in between."""
+        self.lent = Capacity(self.lent.agents + slots.agents, self.lent.others + slots.others)
+        try:
+            yield
+        finally:
+            self.lent = Capacity(self.lent.agents - slots.agents, self.lent.others - slots.others)
+
     async def _claim(self, now: float) -> bool:
-        running_agents = sum(claim.kind == "agent" for claim, _ in self.active.values())
-        running_others = len(self.active) - running_agents
-        capacity = Capacity(
-            self.settings.max_agents - running_agents, self.settings.max_code - running_others
-        )
-        claims = await self.store.claim(
-            self.id,
-            now,
-            self.settings.lease_seconds,
-            capacity,
-            self.settings.max_crashes,
-            self.run_id,
-        )
-        agents = sum(claim.kind == "agent" for claim in claims)
-        others = len(claims) - agents
-        self.saturated = agents >= capacity.agents or others >= capacity.others
-        for claim in claims:
-            self._start(claim)
+        capacity = self._free()
+        self.starved = self.lent != Capacity(0, 0)
+        if capacity.agents == capacity.others == 0:  # full: a slot that frees wakes the loop
+            self.saturated = True
+            return False
+        with self._lending(capacity):
+            claims = await self.store.claim(
+                self.id,
+                now,
+                self.settings.lease_seconds,
+                capacity,
+                self.settings.max_crashes,
+                self.run_id,
+            )
+            agents = sum(claim.kind == "agent" for claim in claims)
+            others = len(claims) - agents
+            self.saturated = agents >= capacity.agents or others >= capacity.others
+            for claim in claims:
+                self._start(claim)
         return bool(claims)
 
     def _start(self, claim: Claim) -> None:
@@ -203,7 +229,7 @@ class Worker:
         self.active[_key(claim)] = (claim, task)
 
     async def _execute(self, claim: Claim) -> None:
-        wake, refilled = True, False
+        wake, freed = True, True
         try:
             state = await self._state(claim.run_id, claim.run)
             await self._ensure_views(state, state.needed(claim.step_id))
@@ -218,7 +244,7 @@ class Worker:
                     outcome = await self.executor.run(state, claim, self._backend_for(state), load)
             except TimeoutError:
                 raise AttemptFailed(f"timed out after {step.timeout:g}s") from None
-            wake, refilled = await self._record(state, claim, outcome)
+            wake, freed = await self._record(state, claim, outcome)
         except AttemptFailed as exc:
             await self._failed(claim, exc.message, retryable=True)
         except StepFailed as exc:
@@ -234,8 +260,8 @@ class Worker:
             self.active.pop(_key(claim), None)
             self.writing.discard(_key(claim))
             # Look for work when the settlement left some, or when the last claim was full
-            # and this step freed a slot (not when an eager claim took the slot at once).
-            if wake or (self.saturated and not refilled):
+            # and a slot is free now (not when the settlement's eager claims filled them).
+            if wake or (self.saturated and freed):
                 self.wake.set()
             self.publish({"run_id": claim.run_id, "step_id": claim.step_id, "event": "changed"})
 
@@ -244,41 +270,51 @@ class Worker:
     ) -> tuple[bool, bool]:
         """Write an attempt's outcome. Returns whether the claim loop should look for work
         now (a settlement that left nothing ready and did not end its run gave it none), and
-        whether the settlement's eager claims took the slot this step freed."""
+        whether a slot is left free (the settlement's eager claims did not fill this step's
+        slot and the free slots lent to it)."""
         self.writing.add(_key(claim))
         now = self.clock()
         if isinstance(outcome, Wait):
             await self.store.wait_for_gate(claim, outcome.message, outcome.deadline, now)
-            return True, False
-        agents = sum(c.kind == "agent" and c != claim for c, _ in self.active.values())
-        others = sum(c.kind != "agent" and c != claim for c, _ in self.active.values())
-        free_code, free_agents = self.settings.max_code - others, self.settings.max_agents - agents
-        if self.stopping.is_set():  # a worker that is stopping claims nothing new
-            free_code = free_agents = 0
-        eager = Eager(self.id, self.settings.lease_seconds, free_code, free_agents)
+            return True, True
         if isinstance(outcome, Done):
             result = outcome.result
             view = StepView("completed", result.output, dict(result.fields), result.data, False)
-            finish = await self._finish_ahead(state, claim.step_id, view)
-            settled = await self.store.complete_step(claim, result, now, eager, finish)
         else:
             view = StepView("skipped", "", {}, None, True)
-            finish = await self._finish_ahead(state, claim.step_id, view)
-            settled = await self.store.skip_step(claim, outcome.reason, now, eager, finish)
+        finish = await self._finish_ahead(state, claim.step_id, view)
+        # The eager claims may fill this step's slot and the free ones, lent to them.
+        agent = claim.kind == "agent"
+        if self.stopping.is_set():  # a worker that is stopping claims nothing new
+            lent = room = Capacity(0, 0)
+        else:
+            lent = self._free()
+            room = Capacity(lent.agents + agent, lent.others + (not agent))
+        eager = Eager(self.id, self.settings.lease_seconds, room.others, room.agents)
+        with self._lending(lent):
+            if isinstance(outcome, Done):
+                settled = await self.store.complete_step(claim, outcome.result, now, eager, finish)
+            else:
+                settled = await self.store.skip_step(claim, outcome.reason, now, eager, finish)
+            if settled is not None:
+                for taken in settled.claims:
+                    self._start(taken)
         if settled is None:
-            return True, False
+            return True, True
         state.add_view(claim.step_id, view)
-        for taken in settled.claims:
-            self._start(taken)
-        # an eager claim of this step's kind took the slot it freed
-        refilled = any((c.kind == "agent") == (claim.kind == "agent") for c in settled.claims)
+        # A slot is free now if no eager claim of this step's kind took its slot, or if
+        # lent slots came back unused while a claim had gone short of them.
+        agents = sum(c.kind == "agent" for c in settled.claims)
+        refilled = agents > 0 if agent else len(settled.claims) > agents
+        spare = agents < room.agents or len(settled.claims) - agents < room.others
+        freed = not refilled or (self.starved and spare)
         if settled.unsettled == 0:
             if settled.finished:
                 self.states.pop(claim.run_id, None)
             else:
                 await self._finish_run(claim.run_id, self.clock())
-            return True, refilled
-        return settled.ready_left, refilled
+            return True, freed
+        return settled.ready_left, freed
 
     async def _finish_ahead(self, state: RunState, step_id: str, view: StepView) -> Finish | None:
         """How the run ends, when this step looks like its last (see RunState.ends_with):

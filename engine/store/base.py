@@ -154,7 +154,9 @@ class Eager:
     """Claim, in the same transaction, up to ``others`` code steps or gates and up to
     ``agents`` agent steps (within their run's ``max_parallel``) that a settlement makes
     ready, for ``worker``: a chain then costs one transaction per step, and the next agent
-    step of a run starts without a wake-up and a claim of its own."""
+    step of a run starts without a wake-up and a claim of its own. The slots are the settled
+    step's own and the free ones its worker lent this settlement alone, so results settled
+    together add theirs up."""
 
     worker: str
     lease: float

@@ -1271,15 +1271,10 @@ def _call_values(call: AgentCall | None) -> tuple[Any, ...]:
 
 
 def _eager_capacity(batch: Sequence[_Settlement]) -> tuple[int, int]:
-    """The code and agent slots that the worker's results in ``batch`` leave free once all
-    are settled: each result's ``Eager`` counted the batch's other steps as busy, and every
-    step of a kind frees one slot of it."""
-    eagers = [(item.claim.kind == "agent", item.eager) for item in batch if item.eager]
-    agent_steps = sum(agent for agent, _ in eagers)
-    code_steps = len(eagers) - agent_steps
-    others = min((e.others + code_steps - (not agent) for agent, e in eagers), default=0)
-    agents = min((e.agents + agent_steps - agent for agent, e in eagers), default=0)
-    return max(others, 0), max(agents, 0)
+    """The code and agent slots the eager claims of ``batch`` may fill: each result brings
+    its own (the slot its step frees, and the free ones its worker lent it alone)."""
+    eagers = [item.eager for item in batch if item.eager]
+    return sum(e.others for e in eagers), sum(e.agents for e in eagers)
 
 
 def _claims(rows: Sequence[asyncpg.Record], worker: str) -> tuple[Claim, ...]:

@@ -4,10 +4,12 @@ said), a real worker."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from engine.errors import Conflict, InvalidInput
 from engine.runner import service
 from engine.runner.outputs import SEPARATOR
 from engine.runner.worker import Worker
-from engine.store.base import Capacity, StepResult
+from engine.store.base import Capacity, StepResult, Store
 from engine.store.postgres import PostgresStore
 from engine.store.sqlite import SqliteStore
 from tests.fakes.chat_server import ChatServer
@@ -1542,3 +1544,100 @@ async def test_a_worker_on_postgres_takes_the_run_from_its_claim(
         assert (await store.get_run(run_id)).status == "completed"
     finally:
         await store.close()
+
+
+@dataclass
+class Gauge:
+    """How many calls are inside at once, and the most there ever were."""
+
+    inside: int = 0
+    most: int = 0
+
+    def enter(self) -> None:
+        self.inside += 1
+        self.most = max(self.most, self.inside)
+
+    def leave(self) -> None:
+        self.inside -= 1
+
+
+@dataclass
+class SlowAgent:
+    """An agent backend whose calls take 2, 9, 5, 2, 9, ... ms, counting calls at once."""
+
+    gauge: Gauge = field(default_factory=Gauge)
+    calls: int = 0
+    name: str = "slow"
+
+    async def complete(self, request: AgentRequest, on_delta: OnDelta | None = None) -> AgentReply:
+        self.gauge.enter()
+        self.calls += 1
+        try:
+            await asyncio.sleep((0.002, 0.009, 0.005)[self.calls % 3])
+        finally:
+            self.gauge.leave()
+        return AgentReply(text="ok", backend=self.name)
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def any_url(request: pytest.FixtureRequest) -> AsyncIterator[str | None]:
+    """None for SQLite, or a fresh PostgreSQL schema (asked for before ``kit``)."""
+    if request.param == "sqlite":
+        yield None
+    else:
+        async with fresh_schema() as url:
+            yield url
+
+
+async def test_a_busy_worker_never_runs_more_steps_at_once_than_its_limits(
+    any_url: str | None, kit: ProjectKit, tmp_path: Path
+) -> None:
+    """FLOWRUNNER_MAX_AGENTS and _MAX_CODE hold while claims and settlements race: a
+    settlement's eager claims and a claim in flight must not both fill the same free slots
+    (a worker of 8 agent slots ran 16 agent steps at once under load)."""
+    async with contextlib.AsyncExitStack() as stack:
+        kit.env(max_agents=2, max_code=2)
+        module = kit.code(
+            """
+            import threading, time
+            lock = threading.Lock()
+            inside = most = 0
+
+            def step(ctx):
+                global inside, most
+                with lock:
+                    inside += 1
+                    most = max(most, inside)
+                time.sleep(0.002)
+                with lock:
+                    inside -= 1
+                return 'ok'
+            """
+        )
+        checked = kit.checked(
+            f"""
+            version: 1
+            name: mixed
+            steps:
+              - {{id: before, kind: code, call: "{module}:step"}}
+              - {{id: ask, kind: agent, prompt: go, needs: [before]}}
+              - {{id: after, kind: code, call: "{module}:step", needs: [ask]}}
+            """
+        )
+        store: Store = PostgresStore(any_url) if any_url else SqliteStore(tmp_path / "db.sqlite")
+        await store.open()
+        stack.push_async_callback(store.close)
+        run_ids = [await launch(kit, store, checked) for _ in range(100)]
+        agent = SlowAgent()
+        worker = Worker(store, kit.project, agent)
+
+        async def all_done() -> bool:
+            return all([await is_finished(store, run_id) for run_id in run_ids])
+
+        await asyncio.wait_for(worker.run(until=all_done), 60)
+        assert {(await store.get_run(run_id)).status for run_id in run_ids} == {"completed"}
+        assert agent.gauge.most == 2
+        assert sys.modules[module].most <= 2

@@ -570,13 +570,17 @@ async def test_results_of_several_runs_that_arrive_together_settle_in_one_statem
     open_store: OpenStore, admin: asyncpg.Connection[Any]
 ) -> None:
     """Each run gets its own counts, its own gapless events and its own eager claims; the
-    worker's free slots are shared: two code slots for three steps made ready."""
+    slots the results bring are shared: two code slots for three steps made ready."""
     store = await open_store()
     runs = ["r3", "r1", "r2"]  # not in the order of their ids
     held = await firsts(store, runs)
     receipts = await admin.fetchval("SELECT count(*) FROM commits")
+    slots = [1, 1, 0]
     settled = await asyncio.gather(
-        *(store.complete_step(c, StepResult(c.run_id), 2.0, Eager("w1", 30, 0)) for c in held)
+        *(
+            store.complete_step(c, StepResult(c.run_id), 2.0, Eager("w1", 30, n))
+            for c, n in zip(held, slots, strict=True)
+        )
     )
     assert await admin.fetchval("SELECT count(*) FROM commits") == receipts + 1
     assert all(s is not None and s.unsettled == 1 for s in settled)
@@ -658,9 +662,9 @@ def test_receipt_tokens_and_their_locks_do_not_repeat() -> None:
     assert all(len(token) == 32 and int(token, 16) >= 0 for token in tokens)
 
 
-def test_a_batch_frees_one_slot_of_each_kind_per_step() -> None:
-    """Two code results and an agent result of one worker, settled together: each result's
-    Eager counted the others as busy."""
+def test_a_batch_fills_the_slots_its_results_bring() -> None:
+    """Two code results and an agent result of one worker, settled together: each result
+    brings its step's slot and the free slots its worker lent it alone."""
 
     def item(kind: str, others: int, agents: int) -> _Settlement:
         claim = Claim("r1", f"s-{kind}-{others}", kind, 1, 0, "w1")
@@ -669,7 +673,8 @@ def test_a_batch_frees_one_slot_of_each_kind_per_step() -> None:
         return _Settlement(claim, values, "step_completed", {}, 1.0, eager, None, None, None)  # type: ignore[arg-type]
 
     # max_code 4 with 1 other code step running, max_agents 2 with nothing else running:
-    batch = [item("code", 2, 1), item("code", 2, 1), item("agent", 1, 2)]
+    # the first result was lent the free code slot and the free agent slot
+    batch = [item("code", 2, 1), item("code", 1, 0), item("agent", 0, 1)]
     assert _eager_capacity(batch) == (3, 2)
 
 
