@@ -871,8 +871,9 @@ class PostgresStore(Store):
                     item.future.set_exception(StoreError("the store is closing"))
 
     async def _settle_batch(self, batch: list[_Settlement]) -> list[Settled | None]:
-        """One statement for results of one or several runs (see :meth:`_settle_step`). Each
-        run's eager claims go to its first result, which frees one of the slots they fill."""
+        """One statement for results of one or several runs (see :meth:`_settle_step`). The
+        eager claims fill the slots the results brought, each to a result with a slot for
+        it (see :func:`_hand_out`)."""
         now = max(item.now for item in batch)
         eagers = [item.eager for item in batch if item.eager is not None]
         worker = eagers[0].worker if eagers else None
@@ -928,17 +929,19 @@ class PostgresStore(Store):
                 run_id: await self._settled(run_id, group, worker, now)
                 for run_id, group in by_run.items()
             }
-        results: list[Settled | None] = []
+        recorded = []
         for item in batch:
-            claim = item.claim
-            if (claim.run_id, claim.step_id) not in done:
+            if (item.claim.run_id, item.claim.step_id) in done:
+                recorded.append(item)
+            else:
                 await self._refuse(item)
-                results.append(None)
-                continue
-            outcome = outcomes[claim.run_id]
-            results.append(outcome)
-            outcomes[claim.run_id] = replace(outcome, claims=())  # handed out once
-        return results
+        shares = iter(_hand_out(recorded, {run: o.claims for run, o in outcomes.items()}))
+        return [
+            replace(outcomes[item.claim.run_id], claims=next(shares))
+            if (item.claim.run_id, item.claim.step_id) in done
+            else None
+            for item in batch
+        ]
 
     async def _settled(
         self, run_id: str, rows: list[asyncpg.Record], worker: str | None, now: float
@@ -1275,6 +1278,34 @@ def _eager_capacity(batch: Sequence[_Settlement]) -> tuple[int, int]:
     its own (the slot its step frees, and the free ones its worker lent it alone)."""
     eagers = [item.eager for item in batch if item.eager]
     return sum(e.others for e in eagers), sum(e.agents for e in eagers)
+
+
+def _hand_out(
+    recorded: Sequence[_Settlement], taken: dict[str, tuple[Claim, ...]]
+) -> list[tuple[Claim, ...]]:
+    """Each recorded result's eager claims, up to the slots it brought (the worker takes
+    back a result's slots as it starts its claims, so none may fill another's): its own
+    run's first, then other runs'. Claims beyond those slots (rare: a stale result's, or
+    adopted after a lost acknowledgement) go to the first."""
+    left = {run: list(claims) for run, claims in taken.items()}
+    shares: list[list[Claim]] = [[] for _ in recorded]
+    rooms = [
+        {True: item.eager.agents, False: item.eager.others} if item.eager else {}
+        for item in recorded
+    ]
+    for own_run in (True, False):
+        for item, room, share in zip(recorded, rooms, shares, strict=True):
+            runs = [item.claim.run_id] if own_run else list(left)
+            for run in runs:
+                for claim in list(left.get(run, ())):
+                    agent = claim.kind == "agent"
+                    if room.get(agent, 0) > 0:
+                        room[agent] -= 1
+                        share.append(claim)
+                        left[run].remove(claim)
+    if shares:
+        shares[0] += [claim for claims in left.values() for claim in claims]
+    return [tuple(share) for share in shares]
 
 
 def _claims(rows: Sequence[asyncpg.Record], worker: str) -> tuple[Claim, ...]:

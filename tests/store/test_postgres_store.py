@@ -40,6 +40,7 @@ from engine.store.base import (
 from engine.store.postgres import (
     PostgresStore,
     _eager_capacity,
+    _hand_out,
     _lock_key,
     _one_worker,
     _Settlement,
@@ -584,9 +585,10 @@ async def test_results_of_several_runs_that_arrive_together_settle_in_one_statem
     )
     assert await admin.fetchval("SELECT count(*) FROM commits") == receipts + 1
     assert all(s is not None and s.unsettled == 1 for s in settled)
-    # the slots go to the runs in the order of their ids, each run's claim to its result
+    # the slots go to the runs in the order of their ids; each claim to a result with a
+    # slot for it, its own run's result first (r1's), else another (r3's for r2's step)
     claims = [[(c.run_id, c.step_id) for c in s.claims] for s in settled if s is not None]
-    assert claims == [[], [("r1", "b")], [("r2", "b")]]
+    assert claims == [[("r2", "b")], [("r1", "b")], []]
     taken = ["r1", "r2"]
     for run_id in runs:
         steps = await steps_by_id(store, run_id)
@@ -676,6 +678,32 @@ def test_a_batch_fills_the_slots_its_results_bring() -> None:
     # the first result was lent the free code slot and the free agent slot
     batch = [item("code", 2, 1), item("code", 1, 0), item("agent", 0, 1)]
     assert _eager_capacity(batch) == (3, 2)
+
+
+def test_each_result_gets_the_claims_that_fill_its_own_slots() -> None:
+    """The worker takes back a result's slots as it starts that result's claims, so no
+    result may be handed more claims than it brought slots for: its own run's first."""
+
+    def item(run: str, others: int, agents: int) -> _Settlement:
+        claim = Claim(run, "a", "code", 1, 0, "w1")
+        values = ("completed", "", "{}", None, None, False)
+        eager = Eager("w1", 30, others, agents)
+        return _Settlement(claim, values, "step_completed", {}, 1.0, eager, None, None, None)  # type: ignore[arg-type]
+
+    def taken(run: str, *steps: str) -> tuple[Claim, ...]:
+        return tuple(
+            Claim(run, s, "agent" if s.startswith("ag") else "code", 1, 0, "w1") for s in steps
+        )
+
+    recorded = [item("r1", 1, 0), item("r2", 1, 2), item("r3", 0, 1)]
+    claims = {"r1": taken("r1", "ag1", "c1"), "r2": taken("r2", "c2", "c3"), "r3": ()}
+    shares = [[(c.run_id, c.step_id) for c in share] for share in _hand_out(recorded, claims)]
+    assert shares == [
+        # its own run's code step (no agent slot for ag1), and, past every slot, c3
+        [("r1", "c1"), ("r2", "c3")],
+        [("r2", "c2"), ("r1", "ag1")],  # its own run's first, then another run's
+        [],  # nothing left of a kind it has a slot for
+    ]
 
 
 def test_a_batch_fills_the_free_slots_of_one_worker_only() -> None:
