@@ -4,7 +4,6 @@ said), a real worker."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import sys
 import time
@@ -25,6 +24,7 @@ from engine.store.postgres import PostgresStore
 from engine.store.sqlite import SqliteStore
 from tests.fakes.chat_server import ChatServer
 from tests.postgres import fresh_schema
+from tests.store.conftest import opened_store
 
 from .conftest import (
     ProjectKit,
@@ -1583,61 +1583,54 @@ class SlowAgent:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-async def any_url(request: pytest.FixtureRequest) -> AsyncIterator[str | None]:
-    """None for SQLite, or a fresh PostgreSQL schema (asked for before ``kit``)."""
-    if request.param == "sqlite":
-        yield None
-    else:
-        async with fresh_schema() as url:
-            yield url
+async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """A fresh store of each kind (asked for before ``kit``, which clears the environment)."""
+    async with opened_store(request.param, tmp_path) as opened:
+        yield opened
 
 
 async def test_a_busy_worker_never_runs_more_steps_at_once_than_its_limits(
-    any_url: str | None, kit: ProjectKit, tmp_path: Path
+    any_store: Store, kit: ProjectKit
 ) -> None:
     """FLOWRUNNER_MAX_AGENTS and _MAX_CODE hold while claims and settlements race: a
     settlement's eager claims and a claim in flight must not both fill the same free slots
     (a worker of 8 agent slots ran 16 agent steps at once under load)."""
-    async with contextlib.AsyncExitStack() as stack:
-        kit.env(max_agents=2, max_code=2)
-        module = kit.code(
-            """
-            import threading, time
-            lock = threading.Lock()
-            inside = most = 0
+    kit.env(max_agents=2, max_code=2)
+    module = kit.code(
+        """
+        import threading, time
+        lock = threading.Lock()
+        inside = most = 0
 
-            def step(ctx):
-                global inside, most
-                with lock:
-                    inside += 1
-                    most = max(most, inside)
-                time.sleep(0.002)
-                with lock:
-                    inside -= 1
-                return 'ok'
-            """
-        )
-        checked = kit.checked(
-            f"""
-            version: 1
-            name: mixed
-            steps:
-              - {{id: before, kind: code, call: "{module}:step"}}
-              - {{id: ask, kind: agent, prompt: go, needs: [before]}}
-              - {{id: after, kind: code, call: "{module}:step", needs: [ask]}}
-            """
-        )
-        store: Store = PostgresStore(any_url) if any_url else SqliteStore(tmp_path / "db.sqlite")
-        await store.open()
-        stack.push_async_callback(store.close)
-        run_ids = [await launch(kit, store, checked) for _ in range(100)]
-        agent = SlowAgent()
-        worker = Worker(store, kit.project, agent)
+        def step(ctx):
+            global inside, most
+            with lock:
+                inside += 1
+                most = max(most, inside)
+            time.sleep(0.002)
+            with lock:
+                inside -= 1
+            return 'ok'
+        """
+    )
+    checked = kit.checked(
+        f"""
+        version: 1
+        name: mixed
+        steps:
+          - {{id: before, kind: code, call: "{module}:step"}}
+          - {{id: ask, kind: agent, prompt: go, needs: [before]}}
+          - {{id: after, kind: code, call: "{module}:step", needs: [ask]}}
+        """
+    )
+    run_ids = [await launch(kit, any_store, checked) for _ in range(100)]
+    agent = SlowAgent()
+    worker = Worker(any_store, kit.project, agent)
 
-        async def all_done() -> bool:
-            return all([await is_finished(store, run_id) for run_id in run_ids])
+    async def all_done() -> bool:
+        return all([await is_finished(any_store, run_id) for run_id in run_ids])
 
-        await asyncio.wait_for(worker.run(until=all_done), 60)
-        assert {(await store.get_run(run_id)).status for run_id in run_ids} == {"completed"}
-        assert agent.gauge.most == 2
-        assert sys.modules[module].most <= 2
+    await asyncio.wait_for(worker.run(until=all_done), 60)
+    assert {(await any_store.get_run(run_id)).status for run_id in run_ids} == {"completed"}
+    assert agent.gauge.most == 2
+    assert sys.modules[module].most <= 2

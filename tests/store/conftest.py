@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -13,11 +14,12 @@ from engine.store.sqlite import SqliteStore
 from tests.postgres import fresh_schema
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    """A fresh, migrated store: a real SQLite file, or a schema of its own on PostgreSQL."""
-    if request.param == "sqlite":
-        opened: Store = SqliteStore(tmp_path / "flowrunner.db")
+@asynccontextmanager
+async def opened_store(kind: str, folder: Path) -> AsyncIterator[Store]:
+    """A fresh, migrated store: a real SQLite file in ``folder`` (``kind`` "sqlite"), or a
+    schema of its own on PostgreSQL ("postgres")."""
+    if kind == "sqlite":
+        opened: Store = SqliteStore(folder / "flowrunner.db")
         await opened.open()
         yield opened
         await opened.close()
@@ -27,6 +29,13 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         await opened.open()
         yield opened
         await opened.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """A fresh, migrated store of each kind (see :func:`opened_store`)."""
+    async with opened_store(request.param, tmp_path) as opened:
+        yield opened
 
 
 @pytest.fixture
