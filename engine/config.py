@@ -74,6 +74,9 @@ class Settings(BaseSettings):
     max_render_bytes: int = Field(
         default=1_000_000, ge=1000, description="Cap on one rendered template."
     )
+    render_timeout: float = Field(
+        default=2, gt=0, description="Seconds one template may take to render."
+    )
 
     @classmethod
     def settings_customise_sources(

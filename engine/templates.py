@@ -1,8 +1,8 @@
 """Jinja templates of a flow: one sandboxed environment, parsing and reference extraction.
 
 Every template of a flow (prompts, ``with`` strings, ``when``, ``message``,
-``report``) is parsed by the same immutable sandboxed environment the runtime
-renders with. Lint walks the parsed tree to find what a template reads:
+``report``) is parsed by the same bounded sandbox (:mod:`engine.sandbox`) the
+runtime renders with. Lint walks the parsed tree to find what a template reads:
 ``steps.<id>``, ``steps.<id>.fields.<name>`` and ``inputs.<name>``.
 """
 
@@ -11,37 +11,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
-from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
-from jinja2.exceptions import SecurityError
+from jinja2 import TemplateSyntaxError, nodes
 from jinja2.parser import Parser
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-MAX_PRODUCT = 1_000_000
-"""Largest string or list a template may build with ``*``, and largest power with ``**``."""
-
-
-class FlowEnvironment(ImmutableSandboxedEnvironment):
-    """Jinja's immutable sandbox, plus bounds on ``*`` and ``**`` so that a template
-    cannot build a gigabyte string (``'x' * 10**9``) before any size check sees it."""
-
-    intercepted_binops = frozenset({"*", "**"})
-
-    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        if operator == "*":
-            for sequence, count in ((left, right), (right, left)):
-                sized = isinstance(sequence, str | list | tuple) and isinstance(count, int)
-                if sized and len(sequence) * count > MAX_PRODUCT:
-                    raise SecurityError(f"'*' would build more than {MAX_PRODUCT} items")
-        elif operator == "**" and isinstance(right, int) and abs(right) > 1000:
-            raise SecurityError("'**' exponent larger than 1000")
-        return super().call_binop(context, operator, left, right)
-
-
-ENVIRONMENT = FlowEnvironment(
-    undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True
-)
+from engine.sandbox import ENVIRONMENT
 
 _DELIMITERS = ("{{", "{%", "{#")
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -154,8 +129,18 @@ def references(tree: nodes.Node) -> Iterator[Reference]:
                 yield Reference("field", step, field, lineno, f"fields.{field}")
 
 
+_EVALUATED = (nodes.Filter, nodes.Test, nodes.Call, nodes.Mul, nodes.Pow, nodes.Add, nodes.Mod)
+
+
 def constant_value(expression: nodes.Expr) -> tuple[bool, object]:
-    """``(True, value)`` when an expression is a constant (``1 > 2``), else ``(False, None)``."""
+    """``(True, value)`` when an expression is a constant (``1 > 2``), else ``(False, None)``.
+
+    Only comparisons, logic and literals are folded: lint never runs a filter, a
+    test, a call or an arithmetic operator of a user's expression, whose cost
+    (``'x'|center(10**9)``) would be the linter's.
+    """
+    if isinstance(expression, _EVALUATED) or any(expression.find_all(_EVALUATED)):
+        return False, None
     try:
         return True, expression.as_const(nodes.EvalContext(ENVIRONMENT))
     except Exception:  # nodes.Impossible, or an error folding it: not a usable constant

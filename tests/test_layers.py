@@ -17,6 +17,7 @@ PURE = [
     *sorted((ENGINE / "model").glob("*.py")),
     *sorted((ENGINE / "lint").glob("*.py")),
     ENGINE / "templates.py",
+    ENGINE / "sandbox.py",
     ENGINE / "schema.py",
 ]
 

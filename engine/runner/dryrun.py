@@ -65,11 +65,13 @@ def dry_run(checked: CheckedFlow, inputs: Mapping[str, Any], band: str | None, m
             out.append(f"{title}: excluded from band {chosen}")
             continue
         try:
-            if isinstance(step.when, str) and not renderer.test(step.when, names, "when"):
+            if isinstance(step.when, str) and not renderer.run_sync(
+                renderer.test, step.when, names, "when"
+            ):
                 out.append(f"{title}: skipped (`when` is false with placeholder results)")
                 continue
             out.append(title)
-            out.append(_render(checked, step, renderer, names))
+            out.append(renderer.run_sync(_render, checked, step, renderer, names))
         except RenderError as exc:
             out.append(f"{title}: cannot render: {exc.message}")
     return "\n".join(out)

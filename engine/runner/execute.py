@@ -77,21 +77,22 @@ class Executor:
         step = state.compiled.steps[claim.step_id]
         names = state.names({k: state.views[k] for k in state.needed(step.id) if k in state.views})
         try:
-            if step.when is not None and not self._when(step, names):
+            if step.when is not None and not await self._when(step, names):
                 return Skip("`when` is false")
             if isinstance(step, AgentStep):
                 return await self._agent(state, claim, step, names, backend)
             if isinstance(step, CodeStep):
                 return await self._code(state, claim, step, names, backend, load)
-            return self._gate(step, names)
+            return await self._gate(step, names)
         except RenderError as exc:
             raise StepFailed(exc.message) from exc
 
-    def _when(self, step: Step, names: dict[str, Any]) -> bool:
+    async def _when(self, step: Step, names: dict[str, Any]) -> bool:
         if isinstance(step.when, bool):
             return step.when
         assert step.when is not None
-        return self.renderer.test(step.when, names, f"step '{step.id}' when")
+        renderer = self.renderer
+        return await renderer.run(renderer.test, step.when, names, f"step '{step.id}' when")
 
     async def _agent(
         self,
@@ -102,7 +103,9 @@ class Executor:
         backend: Backend,
     ) -> Done:
         snapshot = state.compiled.snapshot
-        prompt = self.renderer.render(snapshot.prompts[step.id], names, f"step '{step.id}' prompt")
+        prompt = await self.renderer.run(
+            self.renderer.render, snapshot.prompts[step.id], names, f"step '{step.id}' prompt"
+        )
         persona = snapshot.personas.get(step.persona) if step.persona else None
         contracts = [state.compiled.flow.contracts[name] for name in step.contracts or []]
         full = compose(persona, prompt, contracts)
@@ -153,7 +156,9 @@ class Executor:
         load: Callable[[list[str]], None],
     ) -> Done:
         function = self._resolve(step.call)
-        params = self.renderer.render_value(step.with_, names, f"step '{step.id}' with")
+        params = await self.renderer.run(
+            self.renderer.render_value, step.with_, names, f"step '{step.id}' with"
+        )
         recorded = {}
         if claim.attempt > 1:  # only an earlier attempt can have left dispatches behind
             calls_made = await self.store.agent_calls(claim.run_id, step.id)
@@ -202,11 +207,10 @@ class Executor:
             self._functions[call] = function
         return function
 
-    def _gate(self, step: ApprovalStep, names: dict[str, Any]) -> Wait:
+    async def _gate(self, step: ApprovalStep, names: dict[str, Any]) -> Wait:
+        renderer, what = self.renderer, f"step '{step.id}' message"
         message = (
-            self.renderer.render(step.message, names, f"step '{step.id}' message")
-            if step.message
-            else ""
+            await renderer.run(renderer.render, step.message, names, what) if step.message else ""
         )
         deadline = self.clock() + seconds(step.timeout) if step.timeout else None
         return Wait(message, deadline)

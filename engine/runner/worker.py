@@ -71,7 +71,7 @@ class Worker:
         self.executor = Executor(
             store,
             project,
-            Renderer(self.settings.max_render_bytes),
+            Renderer(self.settings.max_render_bytes, self.settings.render_timeout),
             self.threads,
             clock,
             self.publish,
@@ -323,7 +323,7 @@ class Worker:
             return None
         if state.compiled.flow.report is not None:  # it may read any step
             await self._ensure_views(state, [s for s in state.plan.steps if s != step_id])
-        return self._ending(state, {**state.views, step_id: view})
+        return await self._ending(state, {**state.views, step_id: view})
 
     async def _failed(self, claim: Claim, error: str, retryable: bool) -> None:
         self.writing.add(_key(claim))
@@ -423,21 +423,21 @@ class Worker:
         steps this worker settled are known already: only the others are read."""
         state = await self._state(run_id)
         await self._ensure_views(state, list(state.plan.steps))
-        ending = self._ending(state, state.views)
+        ending = await self._ending(state, state.views)
         await self.store.finish_run(run_id, ending.status, ending.report, ending.error, now)
         self.states.pop(run_id, None)
 
-    def _ending(self, state: RunState, views: dict[str, StepView]) -> Finish:
+    async def _ending(self, state: RunState, views: dict[str, StepView]) -> Finish:
         """The run's report from its steps' views, or the error rendering it."""
         try:
-            return Finish(RunStatus.COMPLETED, self._report(state, views), None)
+            return Finish(RunStatus.COMPLETED, await self._report(state, views), None)
         except RenderError as exc:
             return Finish(RunStatus.FAILED, None, exc.message)
 
-    def _report(self, state: RunState, views: dict[str, StepView]) -> str:
-        flow = state.compiled.flow
+    async def _report(self, state: RunState, views: dict[str, StepView]) -> str:
+        flow, renderer = state.compiled.flow, self.executor.renderer
         if flow.report is not None:
-            return self.executor.renderer.render(flow.report, state.names(views), "report")
+            return await renderer.run(renderer.render, flow.report, state.names(views), "report")
         steps = state.plan.steps  # in execution order
         sinks = [
             (step_id, views[step_id].output)

@@ -23,6 +23,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -32,6 +33,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import pytest
 
 T = TypeVar("T")
@@ -235,6 +237,31 @@ class E2EProject:
             )
         self.processes.append(process)
         return process
+
+    def serve(self, **env: str) -> tuple[subprocess.Popen[bytes], str]:
+        """Start ``flowrunner serve`` (with its worker) on a free loopback port; the
+        process and its base URL once ``/healthz`` answers."""
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        args = [str(FLOWRUNNER), "--project", str(self.root), "serve", "--port", str(port)]
+        log = (self.logs / f"worker-serve-{port}.log").open("wb")
+        with log:
+            process = subprocess.Popen(
+                args, cwd=self.root, env={**self.env, **env}, stdout=log, stderr=log
+            )
+        self.processes.append(process)
+        base = f"http://127.0.0.1:{port}"
+
+        def healthy() -> bool:
+            try:
+                return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return process.poll() is not None  # exited: fail below, not by timing out
+
+        self.wait(healthy, 30, "serve to answer")
+        assert process.poll() is None, self.worker_logs()
+        return process, base
 
     def worker_logs(self) -> str:
         return "\n".join(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 
 from engine.store.sqlite import SqliteStore
@@ -76,6 +79,40 @@ async def test_a_gate_message_keeps_output_text_literal(
     assert waiting.payload["message"] == "Approve {{ 7*7 }}?"
 
 
+SIZED = [  # each would allocate a gigabyte or more before the size cap saw its result
+    ("center", "{{ 'x'|center(1000000000) }}", "the center filter would build"),
+    ("percent", "{{ '%1000000000d' % 1 }}", "'%' would build"),
+    ("percent-star", "{{ '%*d' % (1000000000, 1) }}", "'*' widths"),
+    ("ljust", "{{ 'x'.ljust(1000000000) }}", "str.ljust would build"),
+    ("zfill", "{{ '1'.zfill(1000000000) }}", "str.zfill would build"),
+    ("format-width", "{{ '{:>1000000000}'.format(1) }}", "str.format would build"),
+    ("format-nested", "{{ '{0:{1}}'.format(1, 1000000000) }}", "nested fields"),
+    ("format-filter", "{{ '%1000000000s'|format('a') }}", "the format filter would build"),
+    ("indent", "{{ 'a\\nb'|indent(1000000000) }}", "the indent filter would build"),
+    ("indent-str", "{{ 'a\\nb'|indent('x' * 900000) * 2 }}", "would build"),
+    ("join", "{{ range(100000)|join('x' * 100000) }}", "the join filter would build"),
+    ("str-join", "{{ ('x' * 100000).join(range(100000)|map('string')) }}", "str.join"),
+    ("replace", "{{ ('x' * 100000)|replace('x', 'yy' * 5000) }}", "the replace filter"),
+    ("wordwrap", "{{ 'a b'|wordwrap(1, wrapstring='x' * 999999) }}", "the wordwrap filter"),
+    ("to-bytes", "{{ (1).to_bytes(1000000000, 'big') }}", "int.to_bytes would build"),
+    ("tojson-indent", "{{ [1]|tojson(indent=1000000000) }}", "indent is at most"),
+    ("expandtabs", "{{ 'a\\tb'.expandtabs(1000000000) }}", "str.expandtabs"),
+    ("power-tower", "{{ ((10**1000)**60)**1000 }}", "'**' would build"),
+    ("nested-lists", "{% set a = ['x' * 600000] %}{% set a = [a, a] %}{{ a }}", "the value"),
+    ("concat-doubling", "{% set a = 'x' * 600000 %}{% set a = a ~ a %}{{ a }}", "'~' would"),
+    (
+        "capture-loop",
+        "{% set a %}{% for i in range(2000) %}{{ 'x' * 1000 }}{% endfor %}{% endset %}{{ a }}",
+        "captured output would build",
+    ),
+    (
+        "macro-recursion",
+        "{% macro f(s) %}{{ f(s ~ 'y') }}{% endmacro %}{{ f('x' * 900000) }}",
+        "more than 32,000,000 characters in all",
+    ),
+    ("lipsum", "{{ lipsum(1000000000) }}", "lipsum takes"),
+]
+
 HOSTILE = [
     pytest.param("{{ ''.__class__ }}", "SecurityError", id="dunder-class"),
     pytest.param("{{ ''.__class__.__mro__[1].__subclasses__() }}", "SecurityError", id="mro"),
@@ -90,10 +127,11 @@ HOSTILE = [
     pytest.param(
         '{{ "{0.__class__}"|attr("format")(inputs.x) }}', "SecurityError", id="attr-format"
     ),
-    pytest.param("{{ 'x' * 10**9 }}", "SecurityError", id="huge-product"),
-    pytest.param("{{ 10**9 * 'x' }}", "SecurityError", id="huge-product-reversed"),
-    pytest.param("{{ [0] * 10**8 }}", "SecurityError", id="huge-list"),
-    pytest.param("{{ 2 ** 100000 }}", "SecurityError", id="huge-power"),
+    pytest.param("{{ 'x' * 10**9 }}", "'*' would build", id="huge-product"),
+    pytest.param("{{ 10**9 * 'x' }}", "'*' would build", id="huge-product-reversed"),
+    pytest.param("{{ [0] * 10**8 }}", "'*' would build", id="huge-list"),
+    pytest.param("{{ 2 ** 100000 }}", "'**' would build", id="huge-power"),
+    *(pytest.param(t, e, id=i) for i, t, e in SIZED),
     pytest.param("{{ inputs.update({'x': 1}) }}", "SecurityError", id="mutate-inputs"),
     pytest.param("{{ foo }}", "UndefinedError", id="undefined-name"),
     pytest.param("{{ run.nope }}", "UndefinedError", id="undefined-attribute"),
@@ -264,3 +302,44 @@ async def test_an_undefined_name_fails_the_step(kit: ProjectKit, store: SqliteSt
     assert error.startswith("step 'b' prompt: UndefinedError:")
     assert "verdict" in error
     assert details.run.error == f"step 'b' failed: {error}"
+
+
+async def test_a_render_that_runs_too_long_fails_its_step_and_nothing_else(
+    kit: ProjectKit, store: SqliteStore
+) -> None:
+    """A template that would loop for hours stops at the render timeout; a sibling
+    step of the same worker completes, and the worker's loop keeps turning meanwhile."""
+    kit.env(render_timeout="0.5")
+    checked = kit.checked(
+        """
+        version: 1
+        name: x
+        steps:
+          - id: slow
+            kind: agent
+            prompt: >-
+              {% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}
+          - {id: fine, kind: agent, prompt: "hello"}
+        """
+    )
+    gaps: list[float] = []
+
+    async def watch() -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    watcher = asyncio.create_task(watch())
+    started = time.monotonic()
+    try:
+        details = await run_flow(kit, store, checked, replies("ok"))
+    finally:
+        watcher.cancel()
+    found = steps_by_id(details)
+    assert found["slow"].error == "step 'slow' prompt: template rendering took longer than 0.5 s"
+    assert str(found["fine"].status) == "completed"
+    assert time.monotonic() - started < 5
+    assert max(gaps) < 0.25, "the event loop was held up while the template rendered"
