@@ -55,7 +55,7 @@ class Settings(BaseSettings):
         default=30, gt=0, description="How long a claim lives without a heartbeat."
     )
     max_crashes: int = Field(
-        default=3, ge=1, description="Lost leases after which a step is failed."
+        default=3, ge=1, description="Leases lost while the step ran alone before it fails."
     )
     poll_seconds: float = Field(
         default=0.5, gt=0, description="How often an idle worker looks for work."

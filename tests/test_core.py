@@ -261,6 +261,8 @@ class Simulator:
         self.ready_at = dict.fromkeys(self.order, 0.0)
         self.failures = dict.fromkeys(self.order, 0)
         self.crashes = dict.fromkeys(self.order, 0)
+        self.alone = dict.fromkeys(self.order, False)  # the attempt runs alone on its worker
+        self.losses = dict.fromkeys(self.order, 0)  # lost leases, counted as crashes or not
         self.starts = dict.fromkeys(self.order, 0)  # in the current round
         self.settlements = dict.fromkeys(self.order, 0)  # over every round
         self.settled_order: list[str] = []  # over every round
@@ -348,6 +350,7 @@ class Simulator:
         assert step_id not in self.case.excluded, f"{step_id} started outside its bands"
         assert on_reached(self.plan[step_id]) is None
         self.starts[step_id] += 1
+        self.alone[step_id] = False
         self.statuses[step_id] = WAITING if self.case.kinds[step_id] == "approval" else RUNNING
 
     def finish(self, step_id: str, outcome: Outcome) -> None:
@@ -381,13 +384,18 @@ class Simulator:
             self.give_up(step_id)
 
     def lose_lease(self, step_id: str) -> None:
-        """The worker died: the next claim takes the step over at once, or fails it."""
-        self.crashes[step_id] += 1
-        decision = after_lost_lease(self.crashes[step_id], self.case.max_crashes)
+        """The worker died: a worker running nothing else takes the step over at once (a
+        crash counted if the lost attempt ran alone too), or fails it."""
+        alone, max_crashes = self.alone[step_id], self.case.max_crashes
+        crashes, decision = after_lost_lease(self.crashes[step_id], alone, max_crashes)
+        assert crashes == self.crashes[step_id] + alone
+        self.losses[step_id] += 1
+        self.crashes[step_id] = crashes
         if isinstance(decision, Retry):
             assert decision.at <= self.now
             self.statuses[step_id] = PENDING
             self.start(step_id)
+            self.alone[step_id] = True
         else:
             self.give_up(step_id)
 
@@ -445,7 +453,7 @@ class Simulator:
         for step_id, waiting_on in resets.items():
             self.statuses[step_id] = PENDING
             self.waiting[step_id] = waiting_on
-            self.failures[step_id] = self.crashes[step_id] = 0
+            self.failures[step_id] = self.crashes[step_id] = self.losses[step_id] = 0
             self.ready_at[step_id] = 0.0
         self.unsettled = len(resets)
         self.run_status = RunStatus.RUNNING
@@ -495,8 +503,11 @@ def check_ended(sim: Simulator) -> None:
             assert statuses[step_id] is not EXCLUDED, step_id
         assert sim.failures[step_id] <= case.max_attempts[step_id]
         assert sim.crashes[step_id] <= case.max_crashes
-        assert sim.starts[step_id] <= 1 + sim.failures[step_id] + sim.crashes[step_id]
-        assert sim.starts[step_id] <= case.max_attempts[step_id] + case.max_crashes - 1
+        assert sim.starts[step_id] <= 1 + sim.failures[step_id] + sim.losses[step_id]
+        # A loss in company counts no crash, but the step then runs alone: at most one such
+        # loss per attempt that ended otherwise (or per round).
+        assert sim.losses[step_id] <= sim.crashes[step_id] + sim.failures[step_id] + 1
+        assert sim.starts[step_id] <= 2 * case.max_attempts[step_id] + case.max_crashes - 1
         if step_id in sim.gave_up and step_id not in sim.rejected:
             assert (
                 sim.failures[step_id] == case.max_attempts[step_id]
@@ -627,9 +638,13 @@ def test_backoff_doubles_and_retries_run_out(
 @settings(max_examples=200, deadline=None)
 @given(crashes=st.integers(1, 20), max_crashes=st.integers(1, 10))
 def test_lost_leases_are_bounded(crashes: int, max_crashes: int) -> None:
-    decision = after_lost_lease(crashes, max_crashes)
+    """Only a loss while the step ran alone counts, and counting stops at the limit."""
+    counted, decision = after_lost_lease(crashes - 1, True, max_crashes)
+    assert counted == crashes
     assert isinstance(decision, GiveUp) == (crashes >= max_crashes)
-    assert isinstance(after_lost_lease(crashes), GiveUp) == (crashes >= DEFAULT_MAX_CRASHES)
+    _, default = after_lost_lease(crashes - 1, True)
+    assert isinstance(default, GiveUp) == (crashes >= DEFAULT_MAX_CRASHES)
+    assert after_lost_lease(crashes - 1, False, max_crashes) == (crashes - 1, Retry(0.0))
 
 
 # Examples with exact expectations
@@ -757,8 +772,9 @@ def test_retry_delays() -> None:
     assert after_failure(step, 4, 100.0, "boom") == GiveUp("boom (after 4 attempts)")
     once = make_case(flow_spec(code("a")), None).plan["a"]
     assert after_failure(once, 1, 100.0, "boom") == GiveUp("boom")
-    assert [after_lost_lease(n) for n in (1, 2)] == [Retry(0.0), Retry(0.0)]
-    assert isinstance(after_lost_lease(3), GiveUp)
+    assert [after_lost_lease(n, True) for n in (0, 1)] == [(1, Retry(0.0)), (2, Retry(0.0))]
+    assert isinstance(after_lost_lease(2, True)[1], GiveUp)
+    assert after_lost_lease(2, False) == (2, Retry(0.0))
 
 
 def test_defaults_apply_to_retrying_steps_only() -> None:

@@ -65,16 +65,27 @@ def after_failure(step: StepPlan, failed_attempts: int, now: float, error: str) 
     return GiveUp(f"{error} (after {attempts})" if step.max_attempts > 1 else error)
 
 
-def after_lost_lease(crashes: int, max_crashes: int = DEFAULT_MAX_CRASHES) -> Retry | GiveUp:
-    """A worker stopped heartbeating while running the step: take it over, within bounds.
+def after_lost_lease(
+    crashes: int, alone: bool, max_crashes: int = DEFAULT_MAX_CRASHES
+) -> tuple[int, Retry | GiveUp]:
+    """A worker stopped heartbeating while running the step: its crash count, and whether
+    to run it again.
 
-    ``crashes`` counts lease expiries including this one. A step that takes its
-    worker down every time it runs is failed after ``max_crashes`` instead of
-    taking every worker down forever. A lost lease does not use up a retry.
+    A crash is counted against the step only when the lost attempt ran ``alone`` on its
+    worker: with company, any of the worker's steps (or none: a kill, a lost machine)
+    may have taken it down, so nothing is counted and the step is run again alone (the
+    store hands a lost step only to a worker running nothing else). A step that takes
+    its worker down every time is so failed after ``max_crashes`` crashes of its own,
+    and no step fails because it shared a worker with one. A lost lease does not use up
+    a retry.
     """
+    if not alone:
+        return crashes, Retry(0.0)
+    crashes += 1
     if crashes >= max_crashes:
-        return GiveUp(f"the worker running this step was lost {crashes} times; giving up")
-    return Retry(0.0)
+        reason = f"the worker running this step alone was lost {crashes} times; giving up"
+        return crashes, GiveUp(reason)
+    return crashes, Retry(0.0)
 
 
 def newly_ready(plan: RunPlan, settled: str, waiting_on: Mapping[str, int]) -> list[str]:

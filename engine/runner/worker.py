@@ -88,6 +88,9 @@ class Worker:
         """The last claim may have left work (it took all it had room for)."""
         self.starved = False
         """The last claim had less room for slots lent out at the time."""
+        self.draining = False
+        """A step lost by a dead worker waits for a worker running nothing else: take no new
+        work until this one is idle (see Store.claim)."""
         self.writing: set[tuple[str, str]] = set()
         """Claims whose outcome is being written: the store's fence decides, not a heartbeat."""
         self.wake = asyncio.Event()
@@ -119,6 +122,7 @@ class Worker:
                     if now - swept_at >= self.settings.poll_seconds:
                         await self._finish_runs(now)
                         await self._expire_gates(now)
+                        self.draining = await self.store.has_lost(now, self.run_id)
                         swept_at = now
                     # Cleared before the claim, not before the sleep: a step that ends while
                     # the claim is in flight sets it, and the sleep below must not miss that.
@@ -182,8 +186,14 @@ class Worker:
     # Claiming and executing
 
     def _free(self) -> Capacity:
-        """Slots neither running a step (or writing its outcome) nor lent out."""
-        agents = sum(claim.kind == "agent" for claim, _ in self.active.values())
+        """Slots neither running a step (or writing its outcome) nor lent out; none while
+        a step runs alone, or while the worker drains to take over a lost step alone."""
+        agents = alone = 0
+        for claim, _ in self.active.values():
+            agents += claim.kind == "agent"
+            alone += claim.alone
+        if alone or (self.draining and self.active):
+            return Capacity(0, 0)
         others = len(self.active) - agents
         return Capacity(
             max(self.settings.max_agents - agents - self.lent.agents, 0),
@@ -206,6 +216,7 @@ class Worker:
         if capacity.agents == capacity.others == 0:  # full: a slot that frees wakes the loop
             self.saturated = True
             return False
+        alone = not self.active and self.lent == Capacity(0, 0)
         with self._lending(capacity):
             claims = await self.store.claim(
                 self.id,
@@ -214,6 +225,7 @@ class Worker:
                 capacity,
                 self.settings.max_crashes,
                 self.run_id,
+                alone=alone,
             )
             agents = sum(claim.kind == "agent" for claim in claims)
             others = len(claims) - agents
@@ -365,10 +377,7 @@ class Worker:
         with contextlib.suppress(StoreError):
             (step,) = await self.store.get_steps(claim.run_id, [claim.step_id])
             if step.status is not StepStatus.CANCELLED:
-                payload = {"worker": claim.worker, "attempt": claim.attempt, "seen": "heartbeat"}
-                await self.store.append_event(
-                    claim.run_id, claim.step_id, "stale_result_refused", payload, self.clock()
-                )
+                await self.store.refuse_stale(claim, self.clock(), "heartbeat")
 
     # Runs
 

@@ -108,6 +108,9 @@ class Claim:
     failures: int
     worker: str
     run: RunRecord | None = field(default=None, compare=False, repr=False)
+    alone: bool = False
+    """The step was lost by its worker and is leased to run alone: its holder takes
+    nothing else until it ends (see ``Store.claim``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,11 +309,14 @@ class Store(ABC):
         capacity: Capacity,
         max_crashes: int,
         run_id: str | None = None,
+        alone: bool = False,
     ) -> list[Claim]:
-        """Take ready steps (and steps whose lease expired) up to ``capacity``, of one run
-        when ``run_id`` is given.
+        """Take ready steps up to ``capacity``, of one run when ``run_id`` is given.
 
-        A step taken over from a lost worker has its crash counted; past
+        A step whose lease expired (its worker was lost) is taken over only by a worker
+        running nothing else (``alone``), one at a time and with nothing beside it: the
+        claim is then that step alone, marked ``alone``. Its crash is counted when the
+        lost attempt ran alone too (see ``core.decisions.after_lost_lease``); past
         ``max_crashes`` it is failed (and its run with it) instead of claimed.
         """
 
@@ -402,6 +408,10 @@ class Store(ABC):
         """Whether anything could be claimed now or later (of one run when ``run_id`` is
         given), gates waiting excluded."""
 
+    @abstractmethod
+    async def has_lost(self, now: float, run_id: str | None = None) -> bool:
+        """Whether a step lost by its worker (lease expired) waits to be taken over alone."""
+
     # Agent calls
 
     @abstractmethod
@@ -412,7 +422,7 @@ class Store(ABC):
         """Recorded calls, by step, attempt and sequence."""
 
     @abstractmethod
-    async def append_event(
-        self, run_id: str, step_id: str | None, event: str, payload: Mapping[str, Any], now: float
-    ) -> None:
-        """An event that changes no state (a note from a worker)."""
+    async def refuse_stale(self, claim: Claim, now: float, seen: str | None) -> bool:
+        """Note that ``claim``'s result will never be written (``seen`` says how the worker
+        found its lease lost): a ``stale_result_refused`` event while the run goes on;
+        nothing once it has ended, whose log ends with its ending event. Whether noted."""

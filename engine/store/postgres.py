@@ -119,11 +119,13 @@ def _fence(claim: Claim) -> tuple[str, str, str, int]:
 
 
 def _claim_json(claim: Claim) -> list[Any]:
-    return [claim.run_id, claim.step_id, claim.kind, claim.attempt, claim.failures, claim.worker]
+    c = claim
+    return [c.run_id, c.step_id, c.kind, c.attempt, c.failures, c.worker, c.alone]
 
 
 def _claim_of(row: list[Any]) -> Claim:
-    return Claim(*row)
+    run_id, step_id, kind, attempt, failures, worker = row[:6]
+    return Claim(run_id, step_id, kind, attempt, failures, worker, alone=bool(row[6:7] == [True]))
 
 
 @dataclass
@@ -653,10 +655,12 @@ class PostgresStore(Store):
         capacity: Capacity,
         max_crashes: int,
         run_id: str | None = None,
+        alone: bool = False,
     ) -> list[Claim]:
         if capacity.agents <= 0 and capacity.others <= 0:
             return []
-        if 0 <= now - self._expiry_checked < EXPIRY_CHECK_SECONDS:  # the common claim
+        expiry_due = not 0 <= now - self._expiry_checked < EXPIRY_CHECK_SECONDS
+        if not alone or not expiry_due:  # the common claim: lost steps go to idle workers
             return await self._claim_ready(worker, now, lease, capacity, run_id)
         (probe,) = await self._fetch("claim_probe", now, run_id)
         self._expiry_checked = now
@@ -664,27 +668,14 @@ class PostgresStore(Store):
             if not probe["ready"]:
                 return []
             return await self._claim_ready(worker, now, lease, capacity, run_id)
-        limit = capacity.agents + capacity.others
 
         async def body(tx: _Tx) -> list[Claim]:
             conn = tx.conn
-            rows = await conn.fetch(Q["claimable_expired"], now, limit, run_id)
-            rows += await conn.fetch(Q["claimable_ready"], now, limit, run_id)
-            if not rows:
+            rows = await conn.fetch(Q["claimable_expired"], now, 1, run_id)
+            if not rows or not await conn.fetch(Q["lock_claimable_runs"], [rows[0]["run_id"]]):
                 return []
-            wanted = sorted({row["run_id"] for row in rows})
-            locked = await conn.fetch(Q["lock_claimable_runs"], wanted)
-            caps = {r["id"]: r["max_parallel"] for r in locked}
-            rows = [row for row in rows if row["run_id"] in caps]
-            running = await _running_agents(conn, rows)
-            pending, lost = _choose(rows, capacity, caps, running)
-            claims = []
-            for row in lost:
-                if (claim := await _take_over(tx, row, worker, lease, max_crashes)) is not None:
-                    claims.append(claim)
-            for run, step_ids in pending.items():
-                claims += await _take(tx, run, step_ids, worker, lease)
-            return claims
+            claim = await _take_over(tx, rows[0], worker, lease, max_crashes)
+            return [] if claim is None else [claim]
 
         async def decode(value: list[list[Any]]) -> list[Claim]:
             return [_claim_of(row) for row in value]
@@ -959,11 +950,7 @@ class PostgresStore(Store):
 
     async def _refuse(self, item: _Settlement) -> None:
         """Log a result whose fence did not hold (the lease was lost, the run ended)."""
-        claim = item.claim
-        stale = {"worker": claim.worker, "attempt": claim.attempt}
-        await self.append_event(
-            claim.run_id, claim.step_id, "stale_result_refused", stale, item.now
-        )
+        await self.refuse_stale(item.claim, item.now, None)
 
     async def _reach_excluded(self, run_id: str, now: float) -> int:
         """Settle the band-excluded steps of a run whose needs have all settled (and what that
@@ -996,11 +983,11 @@ class PostgresStore(Store):
             if retry_at is None:
                 if await _fail(tx, _fence(claim), "running", error):
                     return True
-                _refuse_stale(tx, claim)
+                await _refuse_stale(tx, claim)
                 return False
             status = await tx.conn.execute(Q["retry_step"], *_fence(claim), retry_at, error)
             if not _changed(status):
-                _refuse_stale(tx, claim)
+                await _refuse_stale(tx, claim)
                 return False
             payload = {"attempt": claim.attempt, "error": error, "retry_at": retry_at}
             tx.event(claim.run_id, claim.step_id, "step_retrying", payload)
@@ -1025,7 +1012,7 @@ class PostgresStore(Store):
             await tx.conn.execute(Q["lock_run"], claim.run_id)
             status = await tx.conn.execute(Q["wait_step"], *_fence(claim), message, deadline)
             if not _changed(status):
-                _refuse_stale(tx, claim)
+                await _refuse_stale(tx, claim)
                 return False
             payload = {"message": message, "deadline": deadline}
             tx.event(claim.run_id, claim.step_id, "step_waiting", payload)
@@ -1123,6 +1110,10 @@ class PostgresStore(Store):
         rows = await self._fetch("has_work", run_id)
         return bool(rows[0][0])
 
+    async def has_lost(self, now: float, run_id: str | None = None) -> bool:
+        (probe,) = await self._fetch("claim_probe", now, run_id)
+        return bool(probe["expired"])
+
     # Agent calls and notes
 
     async def record_agent_call(self, call: AgentCall) -> None:
@@ -1137,54 +1128,11 @@ class PostgresStore(Store):
         rows = await self._fetch("agent_calls", run_id, step_id)
         return [agent_call(row) for row in rows]
 
-    async def append_event(
-        self, run_id: str, step_id: str | None, event: str, payload: Mapping[str, Any], now: float
-    ) -> None:
-        async def body(tx: _Tx) -> None:
-            await tx.conn.execute(Q["lock_run"], run_id)
-            tx.event(run_id, step_id, event, payload)
+    async def refuse_stale(self, claim: Claim, now: float, seen: str | None) -> bool:
+        async def body(tx: _Tx) -> bool:
+            return await _refuse_stale(tx, claim, seen)
 
-        await self._write("append_event", body, now=now)
-
-
-def _choose(
-    rows: list[asyncpg.Record],
-    capacity: Capacity,
-    caps: Mapping[str, int | None],
-    running: dict[str, int],
-) -> tuple[dict[str, list[str]], list[asyncpg.Record]]:
-    """The rows a claim takes within its capacity (and each run's ``max_parallel``):
-    pending steps by run, and steps whose lease expired."""
-    agents, others = capacity.agents, capacity.others
-    pending: dict[str, list[str]] = {}
-    lost = []
-    for row in rows:
-        if row["agent"]:
-            cap = caps[row["run_id"]]
-            if agents <= 0 or (cap is not None and running[row["run_id"]] >= cap):
-                continue
-            agents -= 1
-            running[row["run_id"]] += 1
-        elif others > 0:
-            others -= 1
-        else:
-            continue
-        if row["status"] == "pending":
-            pending.setdefault(row["run_id"], []).append(row["step_id"])
-        else:
-            lost.append(row)
-    return pending, lost
-
-
-async def _running_agents(conn: Conn, rows: list[asyncpg.Record]) -> dict[str, int]:
-    """Agent steps running now in each run that ``rows`` would claim agent steps of."""
-    agent_runs = sorted({row["run_id"] for row in rows if row["agent"]})
-    if not agent_runs:
-        return {}
-    running = dict.fromkeys(agent_runs, 0)
-    for row in await conn.fetch(Q["running_agents"], agent_runs):
-        running[row["run_id"]] = row["count"]
-    return running
+        return await self._write("refuse_stale", body, now=now)
 
 
 def _setter(event: asyncio.Event) -> Callable[[Any], None]:
@@ -1205,9 +1153,17 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _refuse_stale(tx: _Tx, claim: Claim) -> None:
+async def _refuse_stale(tx: _Tx, claim: Claim, seen: str | None = None) -> bool:
+    """A result whose fence did not hold: an event while its run goes on, else only a log
+    line (a client that stops at the run's ending event must have seen every event)."""
     payload = {"worker": claim.worker, "attempt": claim.attempt}
+    if seen is not None:
+        payload["seen"] = seen
+    if await tx.conn.fetchval(Q["lock_run"], claim.run_id) != RunStatus.RUNNING:
+        log.info("a stale result of %s/%s came after its run ended", claim.run_id, claim.step_id)
+        return False
     tx.event(claim.run_id, claim.step_id, "stale_result_refused", payload)
+    return True
 
 
 async def _settle(tx: _Tx, run_id: str, dependents: list[str]) -> int:
@@ -1353,39 +1309,29 @@ async def _fail(tx: _Tx, fence: tuple[str, str, str | None, int], status: str, e
     return True
 
 
-async def _take(
-    tx: _Tx, run_id: str, step_ids: list[str], worker: str, lease: float
-) -> list[Claim]:
-    """Lease pending steps of one locked run to ``worker``."""
-    rows = await tx.conn.fetch(Q["take_steps"], run_id, step_ids, worker, tx.now + lease, tx.now)
-    order = {step_id: index for index, step_id in enumerate(step_ids)}
-    rows = sorted(rows, key=lambda row: order[row["step_id"]])
-    for row in rows:
-        payload = {"attempt": row["attempts"], "worker": worker}
-        tx.event(run_id, row["step_id"], "step_started", payload)
-    return list(_claims(rows, worker))
-
-
 async def _take_over(
     tx: _Tx, row: asyncpg.Record, worker: str, lease: float, max_crashes: int
 ) -> Claim | None:
-    """Lease a step whose worker stopped heartbeating; its crash is counted, and past
-    ``max_crashes`` the step is failed (with its run) instead."""
+    """Lease a step whose worker stopped heartbeating to ``worker``, which runs nothing
+    else; its crash is counted if the lost attempt ran alone too, and past ``max_crashes``
+    the step is failed (with its run) instead."""
     conn, now = tx.conn, tx.now
     run_id, step_id = row["run_id"], row["step_id"]
-    crashes = row["crashes"] + 1
-    lost = {"owner": row["lease_owner"], "attempt": row["attempts"]}
+    ran_alone = row["alone_attempt"] == row["attempts"]
+    lost = {"owner": row["lease_owner"], "attempt": row["attempts"], "alone": ran_alone}
     tx.event(run_id, step_id, "lease_expired", lost)
-    decision = after_lost_lease(crashes, max_crashes)
+    crashes, decision = after_lost_lease(row["crashes"], ran_alone, max_crashes)
     if isinstance(decision, GiveUp):
         await conn.execute(Q["count_crash"], run_id, step_id, crashes)
         fence = (run_id, step_id, row["lease_owner"], row["attempts"])
         await _fail(tx, fence, "running", decision.reason)
         return None
     attempt = row["attempts"] + 1
-    await conn.execute(Q["take_step"], run_id, step_id, attempt, crashes, worker, now + lease, now)
+    await conn.execute(
+        Q["take_over_step"], run_id, step_id, attempt, crashes, worker, now + lease, now
+    )
     tx.event(run_id, step_id, "step_started", {"attempt": attempt, "worker": worker})
-    return Claim(run_id, step_id, row["kind"], attempt, row["failures"], worker)
+    return Claim(run_id, step_id, row["kind"], attempt, row["failures"], worker, alone=True)
 
 
 async def _gate_conflict(conn: Conn, run_id: str, step_id: str) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -44,6 +45,8 @@ from engine.store.base import (
 )
 from engine.store.queries import load_migrations, load_queries
 from engine.store.rows import agent_call, as_json, event_record, run_record, step_record
+
+log = logging.getLogger("flowrunner.store")
 
 Q = load_queries("sqlite")
 T = TypeVar("T")
@@ -116,9 +119,18 @@ def _events(db: Db, run_id: str, rows: Sequence[EventRow], now: float) -> None:
     )
 
 
-def _refuse_stale(db: Db, claim: Claim, now: float) -> None:
+def _refuse_stale(db: Db, claim: Claim, now: float, seen: str | None = None) -> bool:
+    """A result whose fence did not hold: an event while its run goes on, else only a log
+    line (a client that stops at the run's ending event must have seen every event)."""
     payload = {"worker": claim.worker, "attempt": claim.attempt}
+    if seen is not None:
+        payload["seen"] = seen
+    status = db.execute(Q["run_status"], {"run_id": claim.run_id}).fetchone()
+    if status is None or status[0] != RunStatus.RUNNING:
+        log.info("a stale result of %s/%s came after its run ended", claim.run_id, claim.step_id)
+        return False
     _events(db, claim.run_id, [(claim.step_id, "stale_result_refused", payload)], now)
+    return True
 
 
 def _settle(
@@ -496,14 +508,19 @@ class SqliteStore(Store):
         capacity: Capacity,
         max_crashes: int,
         run_id: str | None = None,
+        alone: bool = False,
     ) -> list[Claim]:
         if capacity.agents <= 0 and capacity.others <= 0:
             return []
 
         def body(db: Db) -> list[Claim]:
             params = {"now": now, "limit": capacity.agents + capacity.others, "run_id": run_id}
-            rows = db.execute(Q["claimable_expired"], params).fetchall()
-            rows += db.execute(Q["claimable_ready"], params).fetchall()
+            if alone:
+                lost = db.execute(Q["claimable_expired"], {**params, "limit": 1}).fetchone()
+                if lost is not None:
+                    claim = _take(db, lost, worker, now, lease, max_crashes)
+                    return [] if claim is None else [claim]
+            rows = db.execute(Q["claimable_ready"], params).fetchall()
             return _take_within(db, rows, capacity, worker, now, lease, max_crashes)
 
         return await self._call(body)
@@ -710,6 +727,10 @@ class SqliteStore(Store):
         rows = await self._read("has_work", {"run_id": run_id})
         return bool(rows[0][0])
 
+    async def has_lost(self, now: float, run_id: str | None = None) -> bool:
+        params = {"now": now, "limit": 1, "run_id": run_id}
+        return bool(await self._read("claimable_expired", params))
+
     # Agent calls and notes
 
     async def record_agent_call(self, call: AgentCall) -> None:
@@ -719,10 +740,8 @@ class SqliteStore(Store):
         rows = await self._read("agent_calls", {"run_id": run_id, "step_id": step_id})
         return [agent_call(row) for row in rows]
 
-    async def append_event(
-        self, run_id: str, step_id: str | None, event: str, payload: Mapping[str, Any], now: float
-    ) -> None:
-        await self._call(lambda db: _events(db, run_id, [(step_id, event, payload)], now))
+    async def refuse_stale(self, claim: Claim, now: float, seen: str | None) -> bool:
+        return await self._call(lambda db: _refuse_stale(db, claim, now, seen))
 
 
 def _take_within(
@@ -768,15 +787,17 @@ def _run_has_room(db: Db, row: sqlite3.Row, running: dict[str, int]) -> bool:
 def _take(
     db: Db, row: sqlite3.Row, worker: str, now: float, lease: float, max_crashes: int
 ) -> Claim | None:
-    """Lease one step to ``worker``; a step taken from a lost worker counts a crash."""
+    """Lease one step to ``worker``. A step taken from a lost worker (only ever by a worker
+    running nothing else, so alone) counts a crash if its lost attempt ran alone too."""
     run_id, step_id = row["run_id"], row["step_id"]
     crashes = row["crashes"]
     events: list[EventRow] = []
-    if row["status"] == "running":  # its worker stopped heartbeating
-        crashes += 1
-        lost = {"owner": row["lease_owner"], "attempt": row["attempts"]}
-        events.append((step_id, "lease_expired", lost))
-        decision = after_lost_lease(crashes, max_crashes)
+    lost = row["status"] == "running"  # its worker stopped heartbeating
+    if lost:
+        ran_alone = row["alone_attempt"] == row["attempts"]
+        lost_attempt = {"owner": row["lease_owner"], "attempt": row["attempts"], "alone": ran_alone}
+        events.append((step_id, "lease_expired", lost_attempt))
+        crashes, decision = after_lost_lease(crashes, ran_alone, max_crashes)
         if isinstance(decision, GiveUp):
             db.execute(
                 "UPDATE steps SET crashes = ? WHERE run_id = ? AND step_id = ?",
@@ -799,6 +820,7 @@ def _take(
             "step_id": step_id,
             "attempt": attempt,
             "crashes": crashes,
+            "alone": lost,
             "worker": worker,
             "expires": now + lease,
             "now": now,
@@ -806,7 +828,7 @@ def _take(
     )
     events.append((step_id, "step_started", {"attempt": attempt, "worker": worker}))
     _events(db, run_id, events, now)
-    return Claim(run_id, step_id, row["kind"], attempt, row["failures"], worker)
+    return Claim(run_id, step_id, row["kind"], attempt, row["failures"], worker, alone=lost)
 
 
 def _gate_conflict(db: Db, run_id: str, step_id: str) -> None:

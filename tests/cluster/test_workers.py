@@ -132,9 +132,8 @@ def test_kill_9_a_random_worker_every_half_second(cluster: ClusterProject) -> No
     cluster.replies("replies:\n  - reply: 'ok'\n    delay: 0.3\n")
     cluster.env["FLOWRUNNER_MAX_AGENTS"] = "4"
     cluster.env["FLOWRUNNER_MAX_CODE"] = "4"
-    # The kills are the test's, not the steps': a step caught by 3 of the 20 (it happens)
-    # must not be failed as one that keeps killing its workers.
-    cluster.env["FLOWRUNNER_MAX_CRASHES"] = "25"
+    # The default FLOWRUNNER_MAX_CRASHES (3): the kills are the test's, not the steps', and
+    # a step caught with company counts no crash (it then runs alone), so none may fail.
     run_ids = cluster.launch_many("mixed", 300)
     workers = [cluster.worker() for _ in range(3)]
     chance = random.Random(5)

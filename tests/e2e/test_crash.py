@@ -121,7 +121,7 @@ def test_kill_9_during_a_wave_loses_nothing_and_reruns_only_interrupted_steps(
         assert steps[step]["output"] == outputs[step]
     for step in interrupted:  # called again exactly once
         assert project.starts(step) == 2, step
-        assert (steps[step]["attempts"], steps[step]["crashes"]) == (2, 1)
+        assert (steps[step]["attempts"], steps[step]["crashes"]) == (2, 0)  # not alone
         assert project.event_names(run_id, step).count("lease_expired") == 1
     assert project.starts("final") == 1
     calls = {(c["step_id"], c["attempt"]) for c in project.agent_calls(run_id)}
@@ -165,7 +165,7 @@ def test_kill_9_inside_a_code_step_keeps_completed_dispatches(project: E2EProjec
 
     assert project.run_status(run_id) == "completed", project.describe(run_id)
     step = project.steps(run_id)["gather"]
-    assert (step["status"], step["attempts"], step["crashes"]) == ("completed", 2, 1)
+    assert (step["status"], step["attempts"], step["crashes"]) == ("completed", 2, 0)
     assert [project.starts(f"d{n}") for n in (1, 2, 3, 4)] == [1, 1, 2, 1]
     answers = json.loads(step["data"])["answers"]
     first_pids = {
@@ -242,7 +242,7 @@ def test_a_worker_paused_past_its_lease_has_its_stale_result_refused(project: E2
     # worker's heartbeat sees the lost lease first and drops it uncounted: a race in the
     # engine (see the agent-step test below, which always loses it). The stopped thread
     # holds the GIL, so it normally wins here; a heavily loaded machine can change that.
-    refusal = _resume(paused, lambda: "stale_result_refused" in project.event_names(run_id))
+    refusal = _resume(paused, lambda: "came after its run ended" in project.worker_logs())
     with contextlib.suppress(AssertionError):
         wait_for(refusal, 3, "the stale result to be refused")
     paused.send_signal(signal.SIGTERM)
@@ -257,14 +257,13 @@ def test_a_worker_paused_past_its_lease_has_its_stale_result_refused(project: E2
     assert f":{other.pid}:" in started[1]["payload"]["worker"]
     expired = [e for e in events if e["event"] == "lease_expired"]
     assert [(e["step_id"], e["payload"]["owner"]) for e in expired] == [("work", paused_id)]
-    refused = [(e["step_id"], e["payload"]) for e in events if e["event"] == "stale_result_refused"]
-    assert refused in ([], [("work", {"worker": paused_id, "attempt": 1})]), refused
+    # The run had ended when the paused worker's result came: its log ends with its ending
+    # event (a client that stops there has seen everything), the worker logs the refusal.
     assert [e["event"] for e in events if e["id"] > started[1]["id"]] == [
         "step_completed",  # work, by the other worker
         "step_started",  # after
         "step_completed",
         "run_completed",
-        *(["stale_result_refused"] if refused else []),
     ]
     work = project.steps(run_id)["work"]
     assert (work["status"], work["attempts"]) == ("completed", 2)
@@ -272,10 +271,6 @@ def test_a_worker_paused_past_its_lease_has_its_stale_result_refused(project: E2
     assert project.event_names(run_id, "work").count("step_completed") == 1
     assert project.event_names(run_id).count("run_completed") == 1
     assert project.run_status(run_id) == "completed"
-
-
-class StaleResultNotCounted(Exception):
-    """The paused worker's result was dropped without a ``stale_result_refused`` event."""
 
 
 def test_a_worker_paused_during_agent_calls_has_its_stale_results_counted(
@@ -339,8 +334,9 @@ def test_a_worker_paused_during_agent_calls_has_its_stale_results_counted(
     assert [(e["step_id"], e["payload"]["worker"], e["payload"]["attempt"]) for e in refused] == [
         ("ask", paused_id, 1)
     ]
-    if "stale_result_refused" not in project.event_names(ended):
-        raise StaleResultNotCounted(project.describe(ended))
+    # The other run had ended: nothing after its ending event; the paused worker says why.
+    assert project.event_names(ended)[-1] == "run_completed"
+    assert f"a stale result of {ended}/ask came after its run ended" in project.worker_logs()
 
 
 POISON_STEP = """
@@ -364,7 +360,10 @@ def ok(ctx, text):
 """
 
 
-def test_a_step_that_kills_its_worker_fails_after_max_crashes(project: E2EProject) -> None:
+def test_a_step_that_kills_its_worker_fails_alone(project: E2EProject) -> None:
+    """One poisonous step among 20 unrelated runs: it fails after its own crashes, and
+    none of the runs that shared a worker with it fails (12-14 of 20 did when every lost
+    lease counted a crash against every step of the dead worker)."""
     project.env["FLOWRUNNER_MAX_CRASHES"] = "3"
     project.code(POISON_STEP)
     project.flow(
@@ -390,7 +389,7 @@ def test_a_step_that_kills_its_worker_fails_after_max_crashes(project: E2EProjec
         """,
     )
     doomed = project.launch("poison")
-    healthy = project.launch("healthy")
+    healthy = [project.launch("healthy") for _ in range(20)]
 
     codes = []
     while len(codes) < 8:
@@ -398,23 +397,25 @@ def test_a_step_that_kills_its_worker_fails_after_max_crashes(project: E2EProjec
         codes.append(code)
         if code == 0:
             break
-    assert codes == [-signal.SIGKILL] * 3 + [0], project.describe(doomed)
+    # The first worker died with company (no crash counted); three more ran it alone.
+    assert codes == [-signal.SIGKILL] * 4 + [0], project.describe(doomed)
 
     deaths = (project.root / "poison.log").read_text().split()
-    assert len(deaths) == 3 and len(set(deaths)) == 3
+    assert len(deaths) == 4 and len(set(deaths)) == 4
     assert project.run_status(doomed) == "failed"
     steps = project.steps(doomed)
     assert (steps["boom"]["status"], steps["boom"]["crashes"]) == ("failed", 3)
-    assert "lost 3 times" in steps["boom"]["error"]
+    assert "alone was lost 3 times" in steps["boom"]["error"]
     assert steps["later"]["status"] == "cancelled"
     assert not project.started("later")
     names = project.event_names(doomed, "boom")
-    assert names.count("lease_expired") == 3
-    assert names.count("step_started") == 3
+    assert names.count("lease_expired") == 4
+    assert names.count("step_started") == 4
     assert names[-1] == "step_failed"
     assert project.event_names(doomed).count("run_failed") == 1
     assert "failed" in project.run_row(doomed)["error"]
 
-    assert project.run_status(healthy) == "completed", project.describe(healthy)
-    assert set(project.step_statuses(healthy).values()) == {"completed"}
+    for run_id in healthy:
+        assert project.run_status(run_id) == "completed", project.describe(run_id)
+        assert set(project.step_statuses(run_id).values()) == {"completed"}
     assert not any(alive(int(pid)) for pid in deaths)

@@ -1286,12 +1286,14 @@ class SlowEmptyClaims(SqliteStore):
 
     finished: asyncio.Event
 
-    async def claim(self, worker: str, now: float, lease: float, capacity: Any, *rest: Any):  # type: ignore[no-untyped-def]
+    async def claim(
+        self, worker: str, now: float, lease: float, capacity: Any, *rest: Any, **options: Any
+    ):  # type: ignore[no-untyped-def]
         if capacity.others == 0:
             await asyncio.wait_for(self.finished.wait(), 10)
             await asyncio.sleep(0.05)  # the step's task has ended and set the wake-up
             self.finished.clear()
-        return await super().claim(worker, now, lease, capacity, *rest)
+        return await super().claim(worker, now, lease, capacity, *rest, **options)
 
     async def complete_step(self, *args: Any, **kwargs: Any):  # type: ignore[no-untyped-def]
         settled = await super().complete_step(*args, **kwargs)

@@ -57,12 +57,16 @@ def diamond(run_id: str = "r1", **extra: object) -> NewRun:
     )
 
 
-async def claim_ids(store: Store, now: float = 1.0, worker: str = "w1") -> list[str]:
-    return [c.step_id for c in await store.claim(worker, now, 30, ALL, 3)]
+async def claim_ids(
+    store: Store, now: float = 1.0, worker: str = "w1", *, alone: bool = False
+) -> list[str]:
+    return [c.step_id for c in await store.claim(worker, now, 30, ALL, 3, alone=alone)]
 
 
-async def claim_one(store: Store, step: str, now: float = 1.0, worker: str = "w1") -> Claim:
-    claims = await store.claim(worker, now, 30, ALL, 3)
+async def claim_one(
+    store: Store, step: str, now: float = 1.0, worker: str = "w1", *, alone: bool = False
+) -> Claim:
+    claims = await store.claim(worker, now, 30, ALL, 3, alone=alone)
     return next(c for c in claims if c.step_id == step)
 
 
@@ -155,16 +159,44 @@ async def test_a_result_settles_the_step_and_its_run(store: Store) -> None:
 async def test_a_stale_result_is_refused_and_counted(store: Store) -> None:
     await store.create_run(diamond(), 1.0)
     old = await claim_one(store, "a", now=1.0, worker="w1")
-    taken = await claim_one(store, "a", now=100.0, worker="w2")  # w1's lease expired
-    assert taken.attempt == 2
+    taken = await claim_one(store, "a", now=100.0, worker="w2", alone=True)  # w1's expired
+    assert (taken.attempt, taken.alone) == (2, True)
     assert not await store.complete_step(old, StepResult("stale"), 101.0)
     assert await store.heartbeat("w1", [old], 101.0, 30) == set()
     assert await store.complete_step(taken, StepResult("fresh"), 102.0)
     (step,) = await store.get_steps("r1", ["a"])
-    assert (step.output, step.crashes) == ("fresh", 1)
+    assert (step.output, step.crashes) == ("fresh", 0)  # w1 ran it in company: not counted
     names = await event_names(store)
     assert names.count("stale_result_refused") == 1
     assert names.count("lease_expired") == 1
+
+
+async def test_a_stale_result_after_its_run_ended_is_not_in_the_run_log(store: Store) -> None:
+    """A client that follows a run until its ending event must have seen every event."""
+    await store.create_run(diamond(), 1.0)
+    old = await claim_one(store, "a", now=1.0, worker="w1")
+    await store.cancel_run("r1", 2.0)
+    assert not await store.complete_step(old, StepResult("late"), 3.0)
+    assert not await store.refuse_stale(old, 3.0, "heartbeat")
+    names = await event_names(store)
+    assert names[-1] == "run_cancelled" and "stale_result_refused" not in names
+
+
+async def test_a_lost_step_is_taken_over_only_by_a_worker_running_nothing_else(
+    store: Store,
+) -> None:
+    """Any step of a lost worker may have taken it down: the step runs next on a worker
+    with nothing else (``alone``), in a claim of that step only."""
+    await store.create_run(diamond("r1"), 1.0)
+    await claim_one(store, "a", now=1.0, worker="w1")
+    await store.create_run(diamond("r2"), 50.0)
+    assert await store.has_lost(100.0)
+    assert await claim_ids(store, now=100.0, worker="w2") == ["a"]  # r2's, not r1's lost one
+    (step,) = await store.get_steps("r1", ["a"])
+    assert (step.status, step.attempts) == (StepStatus.RUNNING, 1)
+    claims = await store.claim("w3", 100.0, 30, ALL, 3, alone=True)
+    assert [(c.run_id, c.step_id, c.attempt, c.alone) for c in claims] == [("r1", "a", 2, True)]
+    assert not await store.has_lost(100.0)
 
 
 async def test_heartbeats_keep_a_lease(store: Store) -> None:
@@ -175,17 +207,22 @@ async def test_heartbeats_keep_a_lease(store: Store) -> None:
 
 
 async def test_a_step_that_keeps_killing_workers_fails_the_run(store: Store) -> None:
+    """Its first loss, in company, counts nothing; each loss while it ran alone counts."""
     await store.create_run(diamond(), 1.0)
-    now = 1.0
-    for _ in range(3):
-        await store.claim("w", now, 30, ALL, 3)
+    await store.claim("w", 1.0, 30, ALL, 3)
+    now = 101.0
+    for attempt in (2, 3, 4):
+        (claim,) = await store.claim("w", now, 30, ALL, 3, alone=True)
+        assert (claim.attempt, claim.alone) == (attempt, True)
         now += 100
-    assert await claim_ids(store, now) == []
+    assert await claim_ids(store, now, alone=True) == []
     (step,) = await store.get_steps("r1", ["a"])
     assert (step.status, step.crashes) == (StepStatus.FAILED, 3)
     run = await store.get_run("r1")
     assert run.status is RunStatus.FAILED
-    assert "lost 3 times" in (run.error or "")
+    assert "alone was lost 3 times" in (run.error or "")
+    expired = [e.payload["alone"] for e in await store.events("r1") if e.event == "lease_expired"]
+    assert expired == [False, True, True, True]
 
 
 async def test_a_retry_waits_until_its_time(store: Store) -> None:

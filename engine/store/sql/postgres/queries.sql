@@ -273,19 +273,9 @@ SELECT run_id, step_id, kind, attempts, failures FROM steps
 WHERE status = 'running' AND lease_owner = $1 AND ($2::text IS NULL OR run_id = $2)
 ORDER BY run_id, position;
 
--- name: claimable_ready
-SELECT s.run_id, s.step_id, s.kind, s.agent, s.status, s.attempts, s.failures, s.crashes,
-       s.lease_owner
-FROM steps s JOIN runs r ON r.id = s.run_id
-WHERE s.status = 'pending' AND s.waiting_on = 0 AND s.ready_at <= $1
-  AND r.status = 'running' AND NOT s.excluded AND ($3::text IS NULL OR s.run_id = $3)
-ORDER BY s.queued_at
-LIMIT $2
-FOR UPDATE OF s SKIP LOCKED;
-
 -- name: claimable_expired
 SELECT s.run_id, s.step_id, s.kind, s.agent, s.status, s.attempts, s.failures, s.crashes,
-       s.lease_owner
+       s.lease_owner, s.alone_attempt
 FROM steps s JOIN runs r ON r.id = s.run_id
 WHERE s.status = 'running' AND s.lease_expires < $1
   AND r.status = 'running' AND ($3::text IS NULL OR s.run_id = $3)
@@ -298,27 +288,14 @@ SELECT id, max_parallel FROM runs WHERE id = ANY($1::text[]) AND status = 'runni
 ORDER BY id
 FOR UPDATE SKIP LOCKED;
 
--- name: running_agents
-SELECT run_id, count(*) FROM steps
-WHERE run_id = ANY($1::text[]) AND status = 'running' AND agent
-GROUP BY run_id;
-
 -- name: count_crash
 UPDATE steps SET crashes = $3 WHERE run_id = $1 AND step_id = $2;
 
--- name: take_steps
--- Lease pending steps (their runs locked by the caller); returns what was taken.
-UPDATE steps
-SET status = 'running', attempts = attempts + 1, lease_owner = $3, lease_expires = $4,
-    started_at = coalesce(started_at, $5)
-WHERE run_id = $1 AND step_id = ANY($2::text[]) AND status = 'pending' AND waiting_on = 0
-  AND ready_at <= $5 AND NOT excluded
-RETURNING run_id, step_id, kind, attempts, failures;
-
--- name: take_step
+-- name: take_over_step
+-- A step lost by its worker, leased to a worker running nothing else.
 UPDATE steps
 SET status = 'running', attempts = $3, crashes = $4, lease_owner = $5,
-    lease_expires = $6, started_at = coalesce(started_at, $7)
+    lease_expires = $6, started_at = coalesce(started_at, $7), alone_attempt = $3
 WHERE run_id = $1 AND step_id = $2;
 
 -- name: extend_leases

@@ -62,6 +62,7 @@ CREATE TABLE steps (
     started_at DOUBLE PRECISION,
     finished_at DOUBLE PRECISION,
     queued_at DOUBLE PRECISION NOT NULL DEFAULT 0,
+    alone_attempt INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (run_id, step_id)
 );
 CREATE INDEX steps_ready ON steps (agent, queued_at) WHERE status = 'pending' AND waiting_on = 0;

@@ -72,7 +72,7 @@ LIMIT :limit;
 
 -- name: claimable_expired
 SELECT s.run_id, s.step_id, s.kind, s.agent, s.status, s.attempts, s.failures, s.crashes,
-       s.lease_owner, r.max_parallel
+       s.lease_owner, r.max_parallel, s.alone_attempt
 FROM steps s CROSS JOIN runs r
 WHERE s.status = 'running' AND s.lease_expires < :now
   AND r.id = s.run_id AND r.status = 'running'
@@ -88,13 +88,17 @@ WHERE s.run_id = :run_id AND s.step_id = :step_id AND s.status = 'pending'
   AND s.waiting_on = 0 AND s.ready_at <= :now AND s.excluded = 0
   AND r.id = s.run_id AND r.status = 'running';
 
+-- name: run_status
+SELECT status FROM runs WHERE id = :run_id;
+
 -- name: running_agents
 SELECT count(*) FROM steps WHERE run_id = :run_id AND status = 'running' AND agent = 1;
 
 -- name: take_step
 UPDATE steps
 SET status = 'running', attempts = :attempt, crashes = :crashes, lease_owner = :worker,
-    lease_expires = :expires, started_at = coalesce(started_at, :now)
+    lease_expires = :expires, started_at = coalesce(started_at, :now),
+    alone_attempt = CASE WHEN :alone THEN :attempt ELSE alone_attempt END
 WHERE run_id = :run_id AND step_id = :step_id;
 
 -- name: extend_lease
