@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     agent_command: str | None = Field(
         default=None, description="argv of the command backend, as shell words."
     )
+    agent_env: str = Field(
+        default="",
+        description="Variables the command backend's agent gets besides the basics "
+        "(PATH, HOME, ...): names separated by commas or spaces.",
+    )
     scripted_replies: str | None = Field(
         default=None, description="File of canned replies for the scripted backend."
     )

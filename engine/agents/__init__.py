@@ -53,13 +53,15 @@ def make_backend(
     base_url: str | None = None,
     api_key: str | None = None,
     command: str | None = None,
+    agent_env: str = "",
     scripted_file: str | Path | None = None,
     timeout: float = 600,
 ) -> Backend:
     """The backend called ``name``, built from its settings, or :class:`ConfigError`.
 
-    ``command`` is the ``FLOWRUNNER_AGENT_COMMAND`` text (shell words); ``timeout``
-    bounds each network wait of the ``openai`` backend.
+    ``command`` is the ``FLOWRUNNER_AGENT_COMMAND`` text (shell words) and ``agent_env``
+    the ``FLOWRUNNER_AGENT_ENV`` text (the variables its agent gets besides the basics);
+    ``timeout`` bounds each network wait of the ``openai`` backend.
     """
     if name == "openai":
         if not base_url:
@@ -73,7 +75,7 @@ def make_backend(
     if name == "command":
         if command is None or not command.strip():
             raise ConfigError("FLOWRUNNER_AGENT_COMMAND is not set")
-        return CommandBackend.from_setting(command)
+        return CommandBackend.from_setting(command, agent_env)
     if name == "scripted":
         if scripted_file is None or not str(scripted_file):
             raise ConfigError("the scripted backend needs a replies file, and none is set")

@@ -57,5 +57,6 @@ def agent_backend(project: Project) -> Backend:
         base_url=settings.openai_base_url,
         api_key=settings.openai_api_key,
         command=settings.agent_command,
+        agent_env=settings.agent_env,
         scripted_file=project.root / replies if replies else None,
     )
