@@ -136,11 +136,23 @@ class Project:
         return cls(root, extra, settings)
 
     def find_flow(self, reference: str) -> Path:
-        """A flow by path, or by name among the project's flows (file stem or `name`)."""
+        """A flow by path, or by name among the project's flows (file stem or `name`).
+
+        The file is not checked here: the validation pipeline refuses one that links
+        outside ``flows/`` (see :meth:`links_outside_flows`) before reading it."""
         path = Path(reference)
         if path.suffix in (".yaml", ".yml") or os.path.exists(path):  # no error if too long
             return path
         return self.named_flow(reference) or path
+
+    def links_outside_flows(self, path: Path) -> bool:
+        """Whether ``path`` lies in ``flows/`` but resolves outside it: a link to a file
+        elsewhere, or a file in a linked folder elsewhere. Such a file is refused unread,
+        as a persona outside ``personas/`` is; ``flows/`` may itself be a link."""
+        where = os.path.abspath(path)
+        if not Path(where).is_relative_to(self.flows_dir):
+            return False
+        return not Path(os.path.realpath(where)).is_relative_to(os.path.realpath(self.flows_dir))
 
     def named_flow(self, name: str) -> Path | None:
         """``flows/NAME.yaml``, else ``flows/NAME.yml``, if it is a file."""
