@@ -33,6 +33,11 @@ class Settings(BaseSettings):
         default="http://127.0.0.1:11434/v1", description="Chat-completions endpoint root."
     )
     openai_api_key: str | None = Field(default=None, description="Key sent as bearer.")
+    openai_max_retry_after: float = Field(
+        default=60,
+        ge=0,
+        description="Seconds one model call waits in all on the endpoint's Retry-After.",
+    )
     model: str = Field(default="qwen3", description="Default model of a run.")
     agent_command: str | None = Field(
         default=None, description="argv of the command backend, as shell words."

@@ -59,4 +59,5 @@ def agent_backend(project: Project) -> Backend:
         command=settings.agent_command,
         agent_env=settings.agent_env,
         scripted_file=project.root / replies if replies else None,
+        max_retry_after=settings.openai_max_retry_after,
     )
