@@ -159,6 +159,12 @@ class Project:
             return False
         return not Path(os.path.realpath(where)).is_relative_to(os.path.realpath(self.flows_dir))
 
+    def inside_personas(self, path: Path) -> bool:
+        """Whether ``path`` resolves inside ``personas/`` (which may itself be a link): a
+        persona elsewhere is refused by lint and left out of snapshots."""
+        folder = os.path.realpath(self.personas_dir)
+        return Path(os.path.realpath(path)).is_relative_to(folder)
+
     def named_flow(self, name: str) -> Path | None:
         """``flows/NAME.yaml``, else ``flows/NAME.yml``, if it is a file."""
         for suffix in (".yaml", ".yml"):
