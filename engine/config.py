@@ -33,9 +33,19 @@ class Settings(BaseSettings):
         default="http://127.0.0.1:11434/v1", description="Chat-completions endpoint root."
     )
     openai_api_key: str | None = Field(default=None, description="Key sent as bearer.")
+    openai_max_retry_after: float = Field(
+        default=60,
+        ge=0,
+        description="Seconds one model call waits in all on the endpoint's Retry-After.",
+    )
     model: str = Field(default="qwen3", description="Default model of a run.")
     agent_command: str | None = Field(
         default=None, description="argv of the command backend, as shell words."
+    )
+    agent_env: str = Field(
+        default="",
+        description="Variables the command backend's agent gets besides the basics "
+        "(PATH, HOME, ...): names separated by commas or spaces.",
     )
     scripted_replies: str | None = Field(
         default=None, description="File of canned replies for the scripted backend."
@@ -131,11 +141,29 @@ class Project:
         return cls(root, extra, settings)
 
     def find_flow(self, reference: str) -> Path:
-        """A flow by path, or by name among the project's flows (file stem or `name`)."""
+        """A flow by path, or by name among the project's flows (file stem or `name`).
+
+        The file is not checked here: the validation pipeline refuses one that links
+        outside ``flows/`` (see :meth:`links_outside_flows`) before reading it."""
         path = Path(reference)
         if path.suffix in (".yaml", ".yml") or os.path.exists(path):  # no error if too long
             return path
         return self.named_flow(reference) or path
+
+    def links_outside_flows(self, path: Path) -> bool:
+        """Whether ``path`` lies in ``flows/`` but resolves outside it: a link to a file
+        elsewhere, or a file in a linked folder elsewhere. Such a file is refused unread,
+        as a persona outside ``personas/`` is; ``flows/`` may itself be a link."""
+        where = os.path.abspath(path)
+        if not Path(where).is_relative_to(self.flows_dir):
+            return False
+        return not Path(os.path.realpath(where)).is_relative_to(os.path.realpath(self.flows_dir))
+
+    def inside_personas(self, path: Path) -> bool:
+        """Whether ``path`` resolves inside ``personas/`` (which may itself be a link): a
+        persona elsewhere is refused by lint and left out of snapshots."""
+        folder = os.path.realpath(self.personas_dir)
+        return Path(os.path.realpath(path)).is_relative_to(folder)
 
     def named_flow(self, name: str) -> Path | None:
         """``flows/NAME.yaml``, else ``flows/NAME.yml``, if it is a file."""

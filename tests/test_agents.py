@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import socket
 import sys
 import textwrap
@@ -336,6 +337,24 @@ async def test_command_leftovers_end_when_the_command_exits() -> None:
     assert await gone_within([int(reply.text)], 0.1)
 
 
+async def test_command_inherits_only_the_basics_and_the_listed_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FLOWRUNNER_DATABASE_URL", "postgresql://u:pw-5e1@db/x")
+    monkeypatch.setenv("CLOUD_SECRET", "cloud-3a9")
+    monkeypatch.setenv("AGENT_KEY", "for-the-agent")
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    dump = python("import json, os; print(json.dumps(dict(os.environ)))")
+    plain = json.loads((await CommandBackend(dump).complete(request())).text)
+    listed = CommandBackend.from_setting(shlex.join(dump), "AGENT_KEY,,  MISSING_ONE")
+    seen = json.loads((await listed.complete(request())).text)
+    assert plain["PATH"] == seen["PATH"] == "/usr/bin:/bin"
+    assert "AGENT_KEY" not in plain and seen["AGENT_KEY"] == "for-the-agent"
+    assert set(seen) - set(plain) == {"AGENT_KEY"}
+    for found in (plain, seen):
+        assert not {"FLOWRUNNER_DATABASE_URL", "CLOUD_SECRET", "MISSING_ONE"} & set(found)
+
+
 def test_command_from_setting_splits_shell_words() -> None:
     backend = CommandBackend.from_setting("agent --mode 'read only' --flag=\"a b\"")
     assert backend.argv == ("agent", "--mode", "read only", "--flag=a b")
@@ -489,6 +508,16 @@ async def test_make_backend_builds_each_backend(tmp_path: Path) -> None:
         ("claude", {}, "unknown agent backend 'claude': FLOWRUNNER_AGENT_BACKEND is one of"),
         ("command", {}, "FLOWRUNNER_AGENT_COMMAND is not set"),
         ("command", {"command": "  "}, "FLOWRUNNER_AGENT_COMMAND is not set"),
+        (
+            "command",
+            {"command": "agent", "agent_env": "HOME, flowrunner_database_url"},
+            "^FLOWRUNNER_AGENT_ENV cannot pass flowrunner_database_url: the worker's own",
+        ),
+        (
+            "command",
+            {"command": "agent", "agent_env": "GOOD 2BAD"},
+            r"^FLOWRUNNER_AGENT_ENV: '2BAD' is not a variable name \(letters, digits and '_',",
+        ),
         ("openai", {}, "FLOWRUNNER_OPENAI_BASE_URL is not set"),
         ("openai", {"base_url": "localhost:11434"}, "must be an http:// or https:// URL"),
         ("scripted", {}, "the scripted backend needs a replies file"),

@@ -21,6 +21,7 @@ from engine.agents.base import (
     Backend,
     ConfigError,
     OnDelta,
+    RetryLater,
 )
 from engine.agents.command import CommandBackend
 from engine.agents.openai import OpenAIBackend
@@ -38,6 +39,7 @@ __all__ = [
     "OnDelta",
     "OpenAIBackend",
     "ReplayBackend",
+    "RetryLater",
     "ScriptedBackend",
     "ScriptedRule",
     "make_backend",
@@ -53,13 +55,17 @@ def make_backend(
     base_url: str | None = None,
     api_key: str | None = None,
     command: str | None = None,
+    agent_env: str = "",
     scripted_file: str | Path | None = None,
     timeout: float = 600,
+    max_retry_after: float = 60,
 ) -> Backend:
     """The backend called ``name``, built from its settings, or :class:`ConfigError`.
 
-    ``command`` is the ``FLOWRUNNER_AGENT_COMMAND`` text (shell words); ``timeout``
-    bounds each network wait of the ``openai`` backend.
+    ``command`` is the ``FLOWRUNNER_AGENT_COMMAND`` text (shell words) and ``agent_env``
+    the ``FLOWRUNNER_AGENT_ENV`` text (the variables its agent gets besides the basics);
+    ``timeout`` bounds each network wait of the ``openai`` backend and ``max_retry_after``
+    the time one of its calls waits in all on the endpoint's ``Retry-After``.
     """
     if name == "openai":
         if not base_url:
@@ -69,11 +75,11 @@ def make_backend(
             raise ConfigError(
                 f"FLOWRUNNER_OPENAI_BASE_URL must be an http:// or https:// URL, not {base_url!r}"
             )
-        return OpenAIBackend(base_url, api_key, timeout=timeout)
+        return OpenAIBackend(base_url, api_key, timeout=timeout, max_retry_after=max_retry_after)
     if name == "command":
         if command is None or not command.strip():
             raise ConfigError("FLOWRUNNER_AGENT_COMMAND is not set")
-        return CommandBackend.from_setting(command)
+        return CommandBackend.from_setting(command, agent_env)
     if name == "scripted":
         if scripted_file is None or not str(scripted_file):
             raise ConfigError("the scripted backend needs a replies file, and none is set")

@@ -52,6 +52,19 @@ class AgentError(Exception):
     """
 
 
+class RetryLater(AgentError):
+    """The model refused for now (HTTP 429 or 503) and said when to ask again.
+
+    The ``openai`` backend waits and asks again within the call while its caps
+    allow; this is raised once they do not, ``retry_after`` seconds being what
+    the server last asked for.
+    """
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class ConfigError(errors.ConfigError):
     """A backend cannot be built from the settings or files it was given."""
 

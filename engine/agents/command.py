@@ -2,7 +2,9 @@
 
 The argument vector comes from configuration only (``FLOWRUNNER_AGENT_COMMAND``,
 shell words), so its read-only flags are fixed by the operator; nothing from a
-request becomes an argument or an environment variable. The prompt is written
+request becomes an argument or an environment variable. The command does not
+inherit the worker's environment: it gets a few basics and the variables the
+operator lists (see :mod:`engine.agents.environment`). The prompt is written
 to stdin and stdin is closed; stdout, decoded as UTF-8, is the reply and is
 streamed as it arrives; a non-zero exit is an :class:`AgentError` carrying the
 tail of stderr.
@@ -23,6 +25,7 @@ import signal
 from collections.abc import Awaitable, Mapping, Sequence
 
 from engine.agents.base import AgentError, AgentReply, AgentRequest, ConfigError, OnDelta
+from engine.agents.environment import agent_environment, passed_names
 
 _READ_SIZE = 64 * 1024
 _TERM_GRACE = 0.5
@@ -41,24 +44,26 @@ class CommandBackend:
     name: str = "command"
 
     def __init__(self, argv: Sequence[str], env: Mapping[str, str] | None = None) -> None:
-        """``env`` is the command's whole environment; None inherits the worker's."""
+        """``env`` is the command's whole environment; None: the basics of the worker's."""
         if isinstance(argv, str):
             raise ConfigError("the agent command must be a list of words, not one string")
         self.argv = tuple(argv)
         if not self.argv or not self.argv[0]:
             raise ConfigError("the agent command is empty")
-        self.env = dict(env) if env is not None else None
+        self.env = dict(env) if env is not None else agent_environment(os.environ)
 
     @classmethod
-    def from_setting(cls, text: str, env: Mapping[str, str] | None = None) -> CommandBackend:
-        """The backend for ``FLOWRUNNER_AGENT_COMMAND``, split into words like a shell would."""
+    def from_setting(cls, text: str, passed: str = "") -> CommandBackend:
+        """The backend for ``FLOWRUNNER_AGENT_COMMAND``, split into words like a shell would;
+        the command gets the basics and the variables ``passed`` (``FLOWRUNNER_AGENT_ENV``)
+        names from the worker's environment, nothing else."""
         try:
             argv = shlex.split(text)
         except ValueError as exc:
             raise ConfigError(f"FLOWRUNNER_AGENT_COMMAND is not valid shell words: {exc}") from None
         if not argv:
             raise ConfigError("FLOWRUNNER_AGENT_COMMAND is empty")
-        return cls(argv, env)
+        return cls(argv, agent_environment(os.environ, passed_names(passed)))
 
     async def complete(self, request: AgentRequest, on_delta: OnDelta | None = None) -> AgentReply:
         """Run the command with the prompt on stdin and return its stdout."""

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.prompt import Confirm, Prompt
 from rich.table import Table
 
+from engine.agents import Backend
 from engine.cli.common import (
     app,
     checked_flow,
@@ -143,6 +144,7 @@ def run(
         return
 
     async def body(project: Project, store: Store) -> int:
+        backend = None if detach else agent_backend(project)  # a bad setting stores no run
         run_id, _ = await service.launch(
             store,
             project,
@@ -154,17 +156,19 @@ def run(
             replay_of=replay,
             now=time.time(),
         )
-        if detach:
+        if detach or backend is None:
             typer.echo(json.dumps({"id": run_id}) if json_out else run_id)
             return 0
-        return await execute(project, store, run_id, json_out)
+        return await execute(project, store, run_id, json_out, backend)
 
     raise typer.Exit(with_store(body))
 
 
-async def execute(project: Project, store: Store, run_id: str, json_out: bool) -> int:
+async def execute(
+    project: Project, store: Store, run_id: str, json_out: bool, backend: Backend
+) -> int:
     """Run one run in this process, showing progress, until it ends; its exit code."""
-    worker = Worker(store, project, agent_backend(project), run_id=run_id)
+    worker = Worker(store, project, backend, run_id=run_id)
     console = Console(stderr=json_out)
     steps = await store.get_steps(run_id)
     progress = Progress(run_id, {s.id: StepLine(s.id, s.kind) for s in steps})
@@ -437,10 +441,11 @@ def retry(
     """Run a failed or cancelled run again in place; completed steps keep their outputs."""
 
     async def body(project: Project, store: Store) -> int:
+        backend = None if detach else agent_backend(project)  # a bad setting changes nothing
         await service.retry(store, run_id, time.time())
-        if detach:
+        if detach or backend is None:
             typer.echo(json.dumps({"id": run_id}) if json_out else run_id)
             return 0
-        return await execute(project, store, run_id, json_out)
+        return await execute(project, store, run_id, json_out, backend)
 
     raise typer.Exit(with_store(body))

@@ -46,6 +46,9 @@ def as_text(report: LintReport) -> str:
     cache: dict[str, list[str]] = {}
     for diagnostic in report.diagnostics:
         d = diagnostic
+        if not d.line:  # the file as a whole: no position, and nothing of it is shown
+            out.append(f"{d.path}: {d.rule} {d.severity}: {d.message}")
+            continue
         out.append(f"{d.path}:{d.line}:{d.column}: {d.rule} {d.severity}: {d.message}")
         line = _source_line(d, cache)
         if line:
@@ -82,8 +85,9 @@ def as_github(report: LintReport) -> str:
     lines = []
     for d in report.diagnostics:
         level = "error" if d.severity is Severity.ERROR else "warning"
+        position = f"line={d.line},col={d.column}," if d.line else ""
         lines.append(
-            f"::{level} file={_github_escape(d.path, prop=True)},line={d.line},col={d.column},"
+            f"::{level} file={_github_escape(d.path, prop=True)},{position}"
             f"title={d.rule}::{_github_escape(d.message)}"
         )
     return "\n".join(lines)
@@ -102,14 +106,7 @@ def as_sarif(report: LintReport) -> str:
             "ruleIndex": index[d.rule],
             "level": "error" if d.severity is Severity.ERROR else "warning",
             "message": {"text": d.message},
-            "locations": [
-                {
-                    "physicalLocation": {
-                        "artifactLocation": {"uri": Path(d.path).as_posix()},
-                        "region": {"startLine": d.line, "startColumn": d.column},
-                    }
-                }
-            ],
+            "locations": [{"physicalLocation": _sarif_location(d)}],
         }
         for d in report.diagnostics
     ]
@@ -125,6 +122,14 @@ def as_sarif(report: LintReport) -> str:
         ],
     }
     return json.dumps(document, indent=2)
+
+
+def _sarif_location(d: Diagnostic) -> dict[str, object]:
+    """The file, and the region when the diagnostic has a position (line 0: the whole file)."""
+    location: dict[str, object] = {"artifactLocation": {"uri": Path(d.path).as_posix()}}
+    if d.line:
+        location["region"] = {"startLine": d.line, "startColumn": d.column}
+    return location
 
 
 def _help(rule: str) -> str:

@@ -79,8 +79,10 @@ DEFAULT_LIMITS = Limits()
 
 
 def check_file(path: Path, project: Project, limits: Limits = DEFAULT_LIMITS) -> FileResult:
-    """Check one flow file."""
+    """Check one flow file; one in ``flows/`` that resolves outside it is refused unread."""
     shown = shown_path(path)
+    if project.links_outside_flows(path):
+        return FileResult(shown, [_outside_flows(shown)])
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -176,6 +178,12 @@ def _read_prompt_files(
             continue
         read[index] = (file, shown, text)
     return read
+
+
+def _outside_flows(shown: str) -> Diagnostic:
+    """About the whole file (line 0), so no format shows a line of the file it links to."""
+    message = "resolves outside flows/: a flow is read only from inside that folder"
+    return Diagnostic(shown, 0, 0, "FR001", message)
 
 
 def _yaml_diagnostic(shown: str, problem: YamlProblem) -> Diagnostic:

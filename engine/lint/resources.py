@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,23 +24,23 @@ def step_key_pointer(flow: Flow, index: int, key: str) -> str:
 
 def check_personas(flow: Flow, raw: Flow, project: Project, report: Reporter) -> None:
     """FR010: every persona an agent step uses is a file inside the personas folder."""
-    folder = project.personas_dir.resolve()
     problems: dict[str, str | None] = {}
     for index, step in enumerate(flow.steps):
         if not isinstance(step, AgentStep) or step.persona is None:
             continue
         if step.persona not in problems:
-            problems[step.persona] = _persona_problem(step.persona, folder, project)
+            problems[step.persona] = _persona_problem(step.persona, project)
         problem = problems[step.persona]
         if problem is not None:
             report.at_value(step_key_pointer(raw, index, "persona"), "FR010", problem)
 
 
-def _persona_problem(persona: str, folder: Path, project: Project) -> str | None:
-    path = (folder / f"{persona}.md").resolve()
-    if not path.is_relative_to(folder):
-        return f"persona '{persona}' resolves outside {project.personas_dir}"
-    if not path.is_file():
+def _persona_problem(persona: str, project: Project) -> str | None:
+    """Outside (a link out), or not a file; no server path is named (the API shows it)."""
+    path = project.personas_dir / f"{persona}.md"
+    if not project.inside_personas(path):
+        return f"persona '{persona}' resolves outside personas/"
+    if not path.is_file():  # False, not an error, for a dangling or looping link
         return f"persona '{persona}' not found: no file {_shown(path, project)}"
     return None
 
@@ -72,13 +73,13 @@ def _no_contract(name: str, flow: Flow) -> str:
 
 def load_prompt_files(flow: Flow, flow_path: Path, report: Reporter) -> dict[int, Path]:
     """FR015: every `prompt_file` exists inside the flow's folder; returns the readable ones."""
-    folder = flow_path.parent.resolve()
+    folder = Path(os.path.realpath(flow_path.parent))
     found: dict[int, Path] = {}
     for index, step in enumerate(flow.steps):
         if not isinstance(step, AgentStep) or step.prompt_file is None:
             continue
         pointer = f"/steps/{index}/prompt_file"
-        path = (folder / step.prompt_file).resolve()
+        path = Path(os.path.realpath(folder / step.prompt_file))  # a looping link: not found
         if not path.is_relative_to(folder):
             report.at_value(
                 pointer, "FR015", f"prompt_file '{step.prompt_file}' is outside the flow's folder"

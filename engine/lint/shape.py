@@ -19,11 +19,16 @@ _PATTERNS = {
     documents.STEP_ID: "a step id: a lowercase letter, then up to 63 lowercase letters, "
     "digits or '_'",
     documents.FLOW_NAME: "a flow name: lowercase letters, digits and '-', 64 at most",
-    documents.PERSONA_NAME: "a persona name: lowercase letters, digits, '_' and '-', 64 at most",
     documents.NAME: "a name: a letter or '_', then letters, digits or '_', 64 at most",
     documents.BAND_NAME: "a band name: lowercase letters, digits, '_' and '-', 64 at most",
     documents.DURATION: "a duration: an integer and one of s, m, h, d (e.g. 90s, 15m, 24h)",
     documents.CALL: "module:function or an entry point name",
+}
+
+# Persona and band names share one pattern, so the key holding the value tells them apart.
+_PATTERNS_BY_KEY = {
+    ("persona", documents.PERSONA_NAME): "a persona name: lowercase letters, digits, '_' "
+    "and '-', 64 at most",
 }
 
 _STEP_MODELS: dict[str, type[BaseModel]] = {
@@ -129,7 +134,8 @@ def _report(item: _Located, report: Reporter) -> None:
     elif kind == "value_error" and isinstance(value, dict):
         _report_model_error(item, report)
     else:
-        report.at_value(pointer, "FR002", _prefixed(pointer, _describe(item.error, value)))
+        message = _describe(item.error, value, pointer)
+        report.at_value(pointer, "FR002", _prefixed(pointer, message))
 
 
 def _report_model_error(item: _Located, report: Reporter) -> None:
@@ -166,12 +172,14 @@ def _hint(key: str, model: type[BaseModel]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _describe(error: ErrorDetails, value: Any) -> str:
+def _describe(error: ErrorDetails, value: Any, pointer: str) -> str:
     kind = error["type"]
     context = error.get("ctx") or {}
     if kind == "string_pattern_mismatch":
         pattern = str(context.get("pattern", ""))
-        return f"{value!r} is not {_PATTERNS.get(pattern, f'a string matching {pattern}')}"
+        key = pointer.rpartition("/")[2]
+        what = _PATTERNS_BY_KEY.get((key, pattern)) or _PATTERNS.get(pattern)
+        return f"{value!r} is not {what or f'a string matching {pattern}'}"
     if kind.endswith("_type") or kind == "model_attributes_type":
         expected = kind.removesuffix("_type").replace("model_attributes", "dict")
         return f"expected {_TYPE_NAMES.get(expected, expected)}, got {json_type(value)}"

@@ -13,7 +13,8 @@ class Severity(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Diagnostic:
-    """One problem found in a flow document; line and column are 1-based."""
+    """One problem found in a flow document; line and column are 1-based, or both 0 when
+    the problem is the file as a whole (a file refused unread)."""
 
     path: str
     line: int

@@ -57,5 +57,7 @@ def agent_backend(project: Project) -> Backend:
         base_url=settings.openai_base_url,
         api_key=settings.openai_api_key,
         command=settings.agent_command,
+        agent_env=settings.agent_env,
         scripted_file=project.root / replies if replies else None,
+        max_retry_after=settings.openai_max_retry_after,
     )

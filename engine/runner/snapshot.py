@@ -8,16 +8,18 @@ run; code is not snapshotted.)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from engine.config import Project
 from engine.core.plan import RunPlan, make_plan
-from engine.errors import FlowrunnerError
+from engine.errors import FlowrunnerError, InvalidFlow
 from engine.lint import CheckedFlow
 from engine.model.documents import PERSONA_NAME, AgentStep, ApprovalStep, CodeStep, Flow, Step
 from engine.model.graph import Ancestry, StepGraph
@@ -69,19 +71,46 @@ class Snapshot:
         `ctx.dispatch` to any persona, and that must not change mid-run either.
         """
         folder = project.personas_dir
-        personas = {
-            path.stem: path.read_text("utf-8")
-            for path in sorted(folder.glob("*.md"))
-            if re.fullmatch(PERSONA_NAME, path.stem) and path.stat().st_size <= MAX_PERSONA_BYTES
-        }
+        personas = {}
+        for path in sorted(folder.glob("*.md")):
+            if re.fullmatch(PERSONA_NAME, path.stem) and project.inside_personas(path):
+                with contextlib.suppress(_Unusable):  # no step names it: leave it out
+                    personas[path.stem] = _read_persona(path, MAX_PERSONA_BYTES)
         for step in checked.flow.steps:  # lint checked these exist, whatever their size
             if isinstance(step, AgentStep) and step.persona and step.persona not in personas:
-                personas[step.persona] = (folder / f"{step.persona}.md").read_text("utf-8")
+                try:
+                    personas[step.persona] = _read_persona(folder / f"{step.persona}.md")
+                except _Unusable as exc:
+                    raise InvalidFlow(f"persona '{step.persona}' {exc}", []) from None
         return cls(str(checked.path), checked.source, checked.prompts, personas, checked.order)
 
 
 class SnapshotError(FlowrunnerError):
     """A stored snapshot that no longer loads (should not happen: it passed lint at launch)."""
+
+
+class _Unusable(Exception):
+    """A persona file that cannot be read as text; the message says why."""
+
+
+def _read_persona(path: Path, limit: int | None = None) -> str:
+    """The text of a persona file, or :class:`_Unusable` (missing, a dangling or looping
+    link, unreadable, not UTF-8, or larger than ``limit`` bytes)."""
+    try:
+        data = path.read_bytes() if limit is None else _read_at_most(path, limit)
+        return data.decode("utf-8")
+    except OSError as exc:
+        raise _Unusable(f"cannot be read: {(exc.strerror or str(exc)).lower()}") from None
+    except UnicodeDecodeError:
+        raise _Unusable("is not UTF-8 text") from None
+
+
+def _read_at_most(path: Path, limit: int) -> bytes:
+    with path.open("rb") as file:
+        data = file.read(limit + 1)
+    if len(data) > limit:
+        raise _Unusable(f"is larger than {limit} bytes")
+    return data
 
 
 @dataclass

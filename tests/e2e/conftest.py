@@ -3,10 +3,11 @@
 Each test gets an :class:`E2EProject` in its own ``tmp_path``: ``flows/``,
 ``personas/``, a code package with a name of its own, an agent script, and the
 environment the ``flowrunner`` console script runs with (its own SQLite file,
-the ``command`` agent backend running the agent script, short leases and
-polls). Tests launch runs with ``run --detach``, start ``worker`` processes,
-kill, stop and cancel them, and poll the SQLite file directly (a WAL reader
-never blocks the workers).
+the ``command`` agent backend running the agent script, which gets
+``E2E_AGENT_LOG`` through ``FLOWRUNNER_AGENT_ENV``, short leases and polls).
+Tests launch runs with ``run --detach``, start ``worker`` processes, kill,
+stop and cancel them, and poll the SQLite file directly (a WAL reader never
+blocks the workers).
 
 The agent script reads its prompt from stdin and obeys tags found in it:
 ``[[id NAME]]`` names the call in the agent log, ``[[sleep SECONDS]]`` makes it
@@ -168,6 +169,7 @@ class E2EProject:
                 "FLOWRUNNER_AGENT_COMMAND": shlex.join([sys.executable, str(self.agent_script)]),
                 "FLOWRUNNER_LEASE_SECONDS": "3",
                 "FLOWRUNNER_POLL_SECONDS": "0.1",
+                "FLOWRUNNER_AGENT_ENV": "E2E_AGENT_LOG",  # the agent inherits nothing else
                 "E2E_AGENT_LOG": str(self.agent_log),
                 "PYTHONUNBUFFERED": "1",
             }

@@ -57,10 +57,13 @@ class ChatServer:
     ``prompt`` is the content of the user messages, joined with blank lines.
     Attributes may be changed while it runs: ``reply``, ``chunk_delay`` (seconds
     slept before each content chunk), ``fail_status`` (answer every completion
-    with this HTTP status), ``api_key`` (when set, other bearers get 401) and
-    ``ignore_stream`` (answer one JSON completion even when a stream is asked).
-    ``requests`` holds every parsed request body, ``headers`` their headers,
-    and ``disconnects`` counts streams the client left before the end.
+    with this HTTP status), ``refusals`` (answers for the next requests, first
+    first, before any other: each an HTTP status and its headers, such as
+    ``(429, {"Retry-After": "2"})``), ``api_key`` (when set, other bearers get
+    401) and ``ignore_stream`` (answer one JSON completion even when a stream is
+    asked). ``requests`` holds every parsed request body, ``headers`` their
+    headers, ``arrivals`` the time (``time.time()``) each arrived, and
+    ``disconnects`` counts streams the client left before the end.
     """
 
     def __init__(
@@ -79,8 +82,10 @@ class ChatServer:
         self.fail_status = fail_status
         self.api_key = api_key
         self.ignore_stream = ignore_stream
+        self.refusals: list[tuple[int, dict[str, str]]] = []
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        self.arrivals: list[float] = []
         self.disconnects = 0
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
@@ -127,10 +132,15 @@ class ChatServer:
     ) -> None:
         self.close()
 
-    def record(self, body: dict[str, Any], headers: dict[str, str]) -> None:
+    def record(self, body: dict[str, Any], headers: dict[str, str], arrived: float) -> None:
         with self._lock:
             self.requests.append(body)
             self.headers.append(headers)
+            self.arrivals.append(arrived)
+
+    def next_refusal(self) -> tuple[int, dict[str, str]] | None:
+        with self._lock:
+            return self.refusals.pop(0) if self.refusals else None
 
     def next_id(self) -> str:
         with self._lock:
@@ -183,6 +193,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         chat = self.server.chat
+        arrived = time.time()
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         if self.path.rstrip("/") != "/v1/chat/completions":
             self._error(404, f"no route {self.path}")
@@ -192,8 +203,12 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             self._error(400, "the body is not JSON")
             return
-        chat.record(body if isinstance(body, dict) else {"body": body}, dict(self.headers))
-        if chat.api_key and self.headers.get("Authorization") != f"Bearer {chat.api_key}":
+        chat.record(body if isinstance(body, dict) else {"body": body}, dict(self.headers), arrived)
+        refusal = chat.next_refusal()
+        if refusal is not None:
+            status, headers = refusal
+            self._error(status, "scripted refusal", headers=headers)
+        elif chat.api_key and self.headers.get("Authorization") != f"Bearer {chat.api_key}":
             self._error(401, "invalid api key", "invalid_request_error")
         elif chat.fail_status is not None:
             self._error(chat.fail_status, "scripted failure")
@@ -244,14 +259,23 @@ class _Handler(BaseHTTPRequestHandler):
         payload = f"data: {data}\n\n".encode()
         self.wfile.write(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
 
-    def _error(self, status: int, message: str, kind: str = "server_error") -> None:
-        self._json(status, {"error": {"message": message, "type": kind, "code": status}})
+    def _error(
+        self,
+        status: int,
+        message: str,
+        kind: str = "server_error",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        body = {"error": {"message": message, "type": kind, "code": status}}
+        self._json(status, body, headers)
 
-    def _json(self, status: int, value: object) -> None:
+    def _json(self, status: int, value: object, headers: dict[str, str] | None = None) -> None:
         payload = json.dumps(value).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
+        for name, header in (headers or {}).items():
+            self.send_header(name, header)
         self.end_headers()
         self.wfile.write(payload)
 

@@ -369,3 +369,20 @@ def test_errors_are_one_line_without_traceback(cli: Cli) -> None:
     fragments = ["nope", "no-such-flow", "nope", f"no flow '{too_long}'", too_long]
     for result, fragment in zip(results, fragments, strict=True):
         one_line_error(result, fragment)
+
+
+def test_a_bad_backend_setting_exits_2_before_the_run_is_stored(cli: Cli) -> None:
+    """``run`` builds the agent backend before it launches: a setting that cannot
+    work leaves no run behind that nothing would ever execute."""
+    bad = {
+        "FLOWRUNNER_AGENT_BACKEND": "command",
+        "FLOWRUNNER_AGENT_COMMAND": "agent --read-only",
+        "FLOWRUNNER_AGENT_ENV": "FLOWRUNNER_API_TOKEN",
+    }
+    cli.env.update(bad)
+    result = cli("run", "hello", "--json")
+    assert result.code == 2
+    one_line_error(result, "FLOWRUNNER_AGENT_ENV cannot pass FLOWRUNNER_API_TOKEN")
+    del cli.env["FLOWRUNNER_AGENT_COMMAND"]
+    one_line_error(cli("run", "hello"), "FLOWRUNNER_AGENT_COMMAND is not set")
+    assert stored_runs(cli.root) == 0
