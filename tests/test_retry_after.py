@@ -165,3 +165,35 @@ def test_a_run_waits_out_a_rate_limit_in_one_attempt(server: ChatServer, tmp_pat
     assert done.returncode == 1
     [step] = json.loads(done.stdout)["steps"]
     assert "not retried: a call waits 0s at most" in step["error"]
+
+
+def test_a_step_retry_waits_at_least_what_the_model_asked(
+    server: ChatServer, tmp_path: Path
+) -> None:
+    """Past the call's own cap the attempt fails, and the step's retry is not asked for
+    before the server's Retry-After, however short the step's retry_delay."""
+    (tmp_path / "flows").mkdir()
+    (tmp_path / "flows" / "hello.yaml").write_text(
+        "version: 1\nname: hello\nsteps:\n"
+        "  - {id: greet, kind: agent, prompt: hi, retries: 1, retry_delay: 1s}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWRUNNER_")}
+    env.update(
+        FLOWRUNNER_AGENT_BACKEND="openai",
+        FLOWRUNNER_OPENAI_BASE_URL=server.url,
+        FLOWRUNNER_OPENAI_MAX_RETRY_AFTER="0",
+        FLOWRUNNER_POLL_SECONDS="0.05",
+    )
+    server.refusals = [(503, {"Retry-After": "2.5"})]
+    done = subprocess.run(
+        [str(FLOWRUNNER), "run", "hello", "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    [step] = json.loads(done.stdout)["steps"]
+    assert (step["status"], step["attempts"]) == ("completed", 2)
+    assert server.arrivals[1] - server.arrivals[0] >= 2.5

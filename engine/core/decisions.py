@@ -57,10 +57,18 @@ def backoff(step: StepPlan, failed_attempts: int) -> float:
     return float(step.retry_delay * 2 ** max(failed_attempts - 1, 0))
 
 
-def after_failure(step: StepPlan, failed_attempts: int, now: float, error: str) -> Retry | GiveUp:
-    """An attempt failed (error, timeout, bad output): retry while attempts remain."""
+MAX_ASKED_WAIT = 3600.0
+"""Longest wait a model endpoint's ``Retry-After`` can impose on a step's retry."""
+
+
+def after_failure(
+    step: StepPlan, failed_attempts: int, now: float, error: str, asked: float = 0.0
+) -> Retry | GiveUp:
+    """An attempt failed (error, timeout, bad output): retry while attempts remain, after
+    the step's backoff or the wait the failure ``asked`` for (a model's ``Retry-After``,
+    at most an hour), whichever is longer."""
     if failed_attempts < step.max_attempts:
-        return Retry(now + backoff(step, failed_attempts))
+        return Retry(now + max(backoff(step, failed_attempts), min(asked, MAX_ASKED_WAIT)))
     attempts = "attempt" if step.max_attempts == 1 else f"{step.max_attempts} attempts"
     return GiveUp(f"{error} (after {attempts})" if step.max_attempts > 1 else error)
 

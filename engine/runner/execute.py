@@ -29,7 +29,11 @@ Publish = Callable[[dict[str, Any]], None]
 
 
 class AttemptFailed(FlowrunnerError):
-    """This attempt failed; a retry may succeed."""
+    """This attempt failed; a retry may succeed, not before ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class StepFailed(FlowrunnerError):
@@ -119,7 +123,7 @@ class Executor:
         try:
             reply = await backend.complete(request, on_delta=delta)
         except AgentError as exc:
-            raise AttemptFailed(str(exc)) from exc
+            raise AttemptFailed(str(exc), getattr(exc, "retry_after", 0.0)) from exc
         call = AgentCall(
             claim.run_id,
             step.id,

@@ -258,7 +258,7 @@ class Worker:
                 raise AttemptFailed(f"timed out after {step.timeout:g}s") from None
             wake, freed = await self._record(state, claim, outcome)
         except AttemptFailed as exc:
-            await self._failed(claim, exc.message, retryable=True)
+            await self._failed(claim, exc.message, retryable=True, asked=exc.retry_after)
         except StepFailed as exc:
             await self._failed(claim, exc.message, retryable=False)
         except asyncio.CancelledError:
@@ -337,13 +337,14 @@ class Worker:
             await self._ensure_views(state, [s for s in state.plan.steps if s != step_id])
         return await self._ending(state, {**state.views, step_id: view})
 
-    async def _failed(self, claim: Claim, error: str, retryable: bool) -> None:
+    async def _failed(self, claim: Claim, error: str, retryable: bool, asked: float = 0.0) -> None:
         self.writing.add(_key(claim))
         now = self.clock()
         retry_at: float | None = None
         if retryable:
             state = await self._state(claim.run_id)
-            decision = after_failure(state.plan[claim.step_id], claim.failures + 1, now, error)
+            step = state.plan[claim.step_id]
+            decision = after_failure(step, claim.failures + 1, now, error, asked)
             if isinstance(decision, GiveUp):
                 error = decision.reason
             else:
