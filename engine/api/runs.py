@@ -14,6 +14,7 @@ from engine import errors
 from engine.api.context import Context, Identity, plain_json
 from engine.api.events import event_stream
 from engine.runner import service
+from engine.store.base import MAX_INTEGER
 
 router = APIRouter(prefix="/v1")
 
@@ -124,15 +125,16 @@ async def events(
     request: Request,
     context: Context,
     who: Identity,
-    after: Annotated[int, Query(ge=0)] = 0,
-    last_event_id: Annotated[str | None, Header()] = None,
+    after: Annotated[int, Query(ge=0, le=MAX_INTEGER)] = 0,
+    last_event_id: Annotated[int | None, Header(ge=0, le=MAX_INTEGER)] = None,
 ) -> Any:
     """Stored events after ``after`` as JSON, or Server-Sent Events when the client accepts
     ``text/event-stream``: every stored event, then live ones, resuming after
-    ``Last-Event-ID``, with token deltas as ``delta`` frames and a final ``end`` frame."""
+    ``Last-Event-ID``, with token deltas as ``delta`` frames and a final ``end`` frame.
+    Both are event ids: integers from 0 to 2**63-1 (422 otherwise)."""
     await context.store.get_run(run_id)  # 404 for an unknown run
     if "text/event-stream" in request.headers.get("accept", ""):
-        start = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
+        start = after if last_event_id is None else last_event_id
         return event_stream(context.store, context.frames, run_id, start, request)
     found = await context.store.events(run_id, after=after)
     return {"events": [event.as_json() for event in found]}
