@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from engine import errors
 from engine.api.context import Context, Identity, plain_json
 from engine.api.events import event_stream
+from engine.core.plan import RunStatus
 from engine.runner import service
 from engine.store.base import MAX_INTEGER
 
@@ -50,14 +51,19 @@ async def list_runs(
     context: Context,
     who: Identity,
     flow: str | None = None,
-    status: str | None = None,
+    status: RunStatus | None = None,
     waiting: bool | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> dict[str, Any]:
-    """Runs, newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
+    """Runs, newest first; pass ``next_cursor`` back as ``cursor`` for the next page.
+    A ``status`` that is not a run status is a 422."""
     runs = await context.store.list_runs(
-        flow=flow, status=status, waiting=waiting, limit=limit, before=_cursor(cursor)
+        flow=flow,
+        status=None if status is None else status.value,
+        waiting=waiting,
+        limit=limit,
+        before=_cursor(cursor),
     )
     last = runs[-1] if len(runs) == limit else None
     return {
