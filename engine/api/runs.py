@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from engine import errors
 from engine.api.context import Context, Identity, plain_json
 from engine.api.events import event_stream
+from engine.api.gates import Asked, decided_conflict
 from engine.core.plan import RunStatus
 from engine.runner import service
 from engine.store.base import MAX_INTEGER
@@ -95,16 +96,20 @@ async def retry(run_id: str, context: Context, who: Identity) -> dict[str, Any]:
 async def _decide(
     context: Context, run_id: str, step_id: str, approve: bool, body: DecisionBody, who: str
 ) -> dict[str, Any]:
-    record = await service.decide(
-        context.store,
-        run_id,
-        step_id,
-        approve=approve,
-        identity=who,
-        comment=body.comment,
-        payload=body.payload,
-        now=time.time(),
-    )
+    try:
+        record = await service.decide(
+            context.store,
+            run_id,
+            step_id,
+            approve=approve,
+            identity=who,
+            comment=body.comment,
+            payload=body.payload,
+            now=time.time(),
+        )
+    except errors.Conflict as exc:  # decided already: say how, and whether it was this one
+        asked = Asked(approve, who, body.comment, body.payload)
+        raise await decided_conflict(context.store, run_id, step_id, exc, asked) from None
     context.on_change()
     return {"id": record.id, "status": str(record.status), "data": record.data}
 
