@@ -87,6 +87,12 @@ class Settings(BaseSettings):
     render_timeout: float = Field(
         default=2, gt=0, description="Seconds one template may take to render."
     )
+    max_header_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="serve: bytes a request's head (request line and headers) may take.",
+    )
+    max_headers: int = Field(default=100, ge=10, description="serve: headers one request may have.")
 
     @classmethod
     def settings_customise_sources(

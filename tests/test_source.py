@@ -93,7 +93,7 @@ def test_aliases_beyond_the_limit_are_refused() -> None:
 
 
 def test_oversized_documents_are_refused_before_parsing() -> None:
-    with pytest.raises(YamlProblem, match="larger than 100 bytes"):
+    with pytest.raises(YamlProblem, match="250 bytes, larger than the limit of 100 bytes"):
         decode(b"a: 1\n" * 50, Limits(max_bytes=100))
 
 

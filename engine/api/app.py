@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from engine import errors
-from engine.api import flows, runs
+from engine.api import docs, flows, runs
 from engine.api.context import Api, error_body
 
 ERRORS: dict[type[errors.FlowrunnerError], tuple[int, str]] = {
@@ -42,7 +42,9 @@ HTTP_CODES = {
 
 def create_app(context: Api, *, max_body: int = 1024 * 1024) -> FastAPI:
     """The API over ``context``'s store and project; bodies over ``max_body`` bytes get 413."""
-    app = FastAPI(title="flowrunner", version="1", docs_url="/docs")
+    # FastAPI's own /openapi.json, /docs and /redoc are open to anyone: engine.api.docs
+    # serves them behind the token instead.
+    app = FastAPI(title="flowrunner", version="1", openapi_url=None, docs_url=None, redoc_url=None)
     app.state.api = context
 
     @app.exception_handler(errors.FlowrunnerError)
@@ -71,6 +73,7 @@ def create_app(context: Api, *, max_body: int = 1024 * 1024) -> FastAPI:
     async def healthz() -> dict[str, bool]:
         return {"ok": True}
 
+    app.include_router(docs.router)
     app.include_router(flows.router)
     app.include_router(runs.router)
     app.add_middleware(BodyLimit, max_body=max_body)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -110,22 +111,36 @@ async def launch(
     who: Identity,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> dict[str, Any]:
-    """Launch a run; the same ``Idempotency-Key`` with the same body returns the same run."""
+    """Launch a run; the same ``Idempotency-Key`` with the same body from the same identity
+    returns the same run (another identity's same key is another key)."""
     flow = await checked(context, name)
-    run_id, created = await service.launch(
-        context.store,
-        context.project,
-        flow,
-        inputs=body.inputs,
-        band=body.band,
-        model=body.model,
-        launched_by=who,
-        idempotency_key=idempotency_key,
-        snapshot=context.snapshot(flow),
-        now=time.time(),
-    )
+    stored_key = None if idempotency_key is None else scoped_key(who, idempotency_key)
+    try:
+        run_id, created = await service.launch(
+            context.store,
+            context.project,
+            flow,
+            inputs=body.inputs,
+            band=body.band,
+            model=body.model,
+            launched_by=who,
+            idempotency_key=stored_key,
+            snapshot=context.snapshot(flow),
+            now=time.time(),
+        )
+    except errors.InvalidInput as exc:  # the key reused with another body: name the key sent
+        if stored_key is None or exc.details != {"idempotency_key": stored_key}:
+            raise
+        raise errors.InvalidInput(exc.message, {"idempotency_key": idempotency_key}) from None
     context.on_change()
     return {"id": run_id, "created": created}
+
+
+def scoped_key(identity: str, key: str) -> str:
+    """The ``Idempotency-Key`` as stored: qualified by the identity that sent it, so that
+    another identity's same key is another key, and neither learns of the other's run.
+    (JSON keeps the two parts apart whatever characters they hold.)"""
+    return json.dumps([identity, key])
 
 
 @router.get("/schema", tags=["flows"])

@@ -13,7 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from engine import errors
 from engine.api.context import Context, Identity, plain_json
 from engine.api.events import event_stream
+from engine.api.gates import Asked, decided_conflict
+from engine.core.plan import RunStatus
 from engine.runner import service
+from engine.store.base import MAX_INTEGER
 
 router = APIRouter(prefix="/v1")
 
@@ -49,14 +52,19 @@ async def list_runs(
     context: Context,
     who: Identity,
     flow: str | None = None,
-    status: str | None = None,
+    status: RunStatus | None = None,
     waiting: bool | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: str | None = None,
 ) -> dict[str, Any]:
-    """Runs, newest first; pass ``next_cursor`` back as ``cursor`` for the next page."""
+    """Runs, newest first; pass ``next_cursor`` back as ``cursor`` for the next page.
+    A ``status`` that is not a run status is a 422."""
     runs = await context.store.list_runs(
-        flow=flow, status=status, waiting=waiting, limit=limit, before=_cursor(cursor)
+        flow=flow,
+        status=None if status is None else status.value,
+        waiting=waiting,
+        limit=limit,
+        before=_cursor(cursor),
     )
     last = runs[-1] if len(runs) == limit else None
     return {
@@ -88,16 +96,20 @@ async def retry(run_id: str, context: Context, who: Identity) -> dict[str, Any]:
 async def _decide(
     context: Context, run_id: str, step_id: str, approve: bool, body: DecisionBody, who: str
 ) -> dict[str, Any]:
-    record = await service.decide(
-        context.store,
-        run_id,
-        step_id,
-        approve=approve,
-        identity=who,
-        comment=body.comment,
-        payload=body.payload,
-        now=time.time(),
-    )
+    try:
+        record = await service.decide(
+            context.store,
+            run_id,
+            step_id,
+            approve=approve,
+            identity=who,
+            comment=body.comment,
+            payload=body.payload,
+            now=time.time(),
+        )
+    except errors.Conflict as exc:  # decided already: say how, and whether it was this one
+        asked = Asked(approve, who, body.comment, body.payload)
+        raise await decided_conflict(context.store, run_id, step_id, exc, asked) from None
     context.on_change()
     return {"id": record.id, "status": str(record.status), "data": record.data}
 
@@ -124,15 +136,16 @@ async def events(
     request: Request,
     context: Context,
     who: Identity,
-    after: Annotated[int, Query(ge=0)] = 0,
-    last_event_id: Annotated[str | None, Header()] = None,
+    after: Annotated[int, Query(ge=0, le=MAX_INTEGER)] = 0,
+    last_event_id: Annotated[int | None, Header(ge=0, le=MAX_INTEGER)] = None,
 ) -> Any:
     """Stored events after ``after`` as JSON, or Server-Sent Events when the client accepts
     ``text/event-stream``: every stored event, then live ones, resuming after
-    ``Last-Event-ID``, with token deltas as ``delta`` frames and a final ``end`` frame."""
+    ``Last-Event-ID``, with token deltas as ``delta`` frames and a final ``end`` frame.
+    Both are event ids: integers from 0 to 2**63-1 (422 otherwise)."""
     await context.store.get_run(run_id)  # 404 for an unknown run
     if "text/event-stream" in request.headers.get("accept", ""):
-        start = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
+        start = after if last_event_id is None else last_event_id
         return event_stream(context.store, context.frames, run_id, start, request)
     found = await context.store.events(run_id, after=after)
     return {"events": [event.as_json() for event in found]}

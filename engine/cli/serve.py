@@ -18,6 +18,7 @@ import uvicorn
 from engine.api.app import create_app, dump_openapi
 from engine.api.context import Api
 from engine.api.frames import Frames
+from engine.api.heads import bounded_protocol
 from engine.cli.common import (
     app,
     exit_past_threads,
@@ -147,8 +148,16 @@ def serve(
             context.on_change = runner.wake.set
         api = create_app(context)
         quiet_collector()
+        settings = project.settings
         server = Server(
-            uvicorn.Config(api, host=host, port=port, log_level="info", access_log=access_log)
+            uvicorn.Config(
+                api,
+                host=host,
+                port=port,
+                http=bounded_protocol(settings.max_header_bytes, settings.max_headers),
+                log_level="info",
+                access_log=access_log,
+            )
         )
         work = asyncio.create_task(runner.run()) if runner else None
         try:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from engine.lint.pipeline import LintReport
 from engine.model.diagnostics import Diagnostic, Severity
+from engine.model.source import YamlProblem, decode, read_document
 
 RULES = {
     "FR001": "YAML syntax error",
@@ -32,9 +33,9 @@ RULES = {
 
 def _source_line(diagnostic: Diagnostic, cache: dict[str, list[str]]) -> str:
     if diagnostic.path not in cache:
-        try:
-            cache[diagnostic.path] = Path(diagnostic.path).read_text("utf-8").splitlines()
-        except (OSError, UnicodeDecodeError):
+        try:  # a file over the limit shows no line: it is never read whole
+            cache[diagnostic.path] = decode(read_document(Path(diagnostic.path))).splitlines()
+        except (OSError, YamlProblem):
             cache[diagnostic.path] = []
     lines = cache[diagnostic.path]
     return lines[diagnostic.line - 1] if 0 < diagnostic.line <= len(lines) else ""

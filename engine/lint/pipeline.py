@@ -19,7 +19,7 @@ from engine.lint import graph, resources, shape, templates
 from engine.lint.reporter import Reporter, shown_path
 from engine.model.diagnostics import Diagnostic, Severity
 from engine.model.documents import AgentStep, Flow
-from engine.model.source import Limits, YamlProblem, decode, load_yaml
+from engine.model.source import Limits, YamlProblem, decode, load_yaml, read_document
 
 FLOW_SUFFIXES = (".yaml", ".yml")
 
@@ -84,11 +84,9 @@ def check_file(path: Path, project: Project, limits: Limits = DEFAULT_LIMITS) ->
     if project.links_outside_flows(path):
         return FileResult(shown, [_outside_flows(shown)])
     try:
-        data = path.read_bytes()
+        text = decode(read_document(path, limits), limits)
     except OSError as exc:
         return FileResult(shown, [Diagnostic(shown, 1, 1, "FR001", f"cannot read: {exc.strerror}")])
-    try:
-        text = decode(data, limits)
     except YamlProblem as problem:
         return FileResult(shown, [_yaml_diagnostic(shown, problem)])
     return check_text(text, path, project, limits, shown=shown)
@@ -169,7 +167,8 @@ def _read_prompt_files(
     for index, file in resources.load_prompt_files(flow, path, report).items():
         shown = shown_path(file)
         try:
-            text = decode(file.read_bytes(), Limits(max_bytes=resources.MAX_PROMPT_FILE_BYTES))
+            limits = Limits(max_bytes=resources.MAX_PROMPT_FILE_BYTES)
+            text = decode(read_document(file, limits), limits)
         except (OSError, YamlProblem) as exc:
             reason = exc.message if isinstance(exc, YamlProblem) else exc.strerror
             report.at_value(

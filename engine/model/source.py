@@ -14,8 +14,10 @@ keys, explicit tags, duplicate keys and invalid UTF-8.
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import ruamel.yaml
@@ -285,10 +287,29 @@ def _line_col(text: str, index: int) -> tuple[int, int]:
     return line, index - (text.rfind("\n", 0, index) + 1) + 1
 
 
+def read_document(path: Path, limits: Limits = Limits()) -> bytes:
+    """The bytes of the file at ``path``, refusing one over ``limits.max_bytes`` before it
+    is read whole: its size is looked at first, and no more than one byte past the limit
+    is ever read (a file that grows meanwhile, a pipe). OSError when it cannot be read."""
+    with open(path, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        if size > limits.max_bytes:
+            raise YamlProblem(_too_large(size, limits), 1, 1)
+        data = file.read(limits.max_bytes + 1)
+    if len(data) > limits.max_bytes:
+        raise YamlProblem(_too_large(None, limits), 1, 1)
+    return data
+
+
+def _too_large(size: int | None, limits: Limits) -> str:
+    found = f"{size} bytes, " if size is not None else ""
+    return f"file is {found}larger than the limit of {limits.max_bytes} bytes"
+
+
 def decode(data: bytes, limits: Limits = Limits()) -> str:
     """UTF-8 text of a document, refusing oversized or undecodable input."""
     if len(data) > limits.max_bytes:
-        raise YamlProblem(f"file is larger than {limits.max_bytes} bytes", 1, 1)
+        raise YamlProblem(_too_large(len(data), limits), 1, 1)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -301,7 +322,7 @@ def decode(data: bytes, limits: Limits = Limits()) -> str:
 def load_yaml(text: str, limits: Limits = Limits()) -> tuple[Any, SourceMap]:
     """Parse ``text`` into plain values and their positions, or raise :class:`YamlProblem`."""
     if len(text) > limits.max_bytes:
-        raise YamlProblem(f"file is larger than {limits.max_bytes} bytes", 1, 1)
+        raise YamlProblem(_too_large(None, limits), 1, 1)
     builder = _Builder(text, limits)
     try:
         root = builder.build(ruamel.yaml.CParser(text))  # type: ignore[attr-defined]

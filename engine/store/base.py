@@ -21,6 +21,10 @@ from engine.errors import Conflict as Conflict
 from engine.errors import NotFound as NotFound
 from engine.errors import StoreError as StoreError
 
+MAX_INTEGER = 2**63 - 1
+"""The largest integer either store keeps (SQLite INTEGER, PostgreSQL BIGINT): an id or
+count a request sends beyond it is refused before it reaches a store."""
+
 
 @dataclass(frozen=True, slots=True)
 class NewStep:

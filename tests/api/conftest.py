@@ -38,7 +38,10 @@ from engine.api.context import Api
 from engine.api.frames import Frames
 from engine.config import Project
 from engine.runner.worker import Worker
+from engine.store.base import Store
+from engine.store.postgres import PostgresStore
 from engine.store.sqlite import SqliteStore
+from tests.postgres import URL_VARIABLE, fresh_schema
 
 T = TypeVar("T")
 
@@ -218,6 +221,8 @@ class LiveServer:
     project: Project
     tokens: dict[str, str] | None = None
     max_body: int | None = None
+    database_url: str | None = None
+    """A PostgreSQL URL to serve from; by default a SQLite file in the project."""
     replies: list[dict[str, str]] = field(default_factory=lambda: list(REPLIES))
     url: str = ""
     frames: Frames = field(default_factory=Frames)
@@ -229,7 +234,11 @@ class LiveServer:
         ready = threading.Event()
 
         async def main() -> None:
-            store = SqliteStore(self.project.root / ".flowrunner" / "api.db")
+            store: Store = (
+                PostgresStore(self.database_url, retry_seconds=2)
+                if self.database_url
+                else SqliteStore(self.project.root / ".flowrunner" / "api.db")
+            )
             await store.open()
             worker = Worker(
                 store, self.project, ScriptedBackend.from_data({"replies": self.replies})
@@ -315,7 +324,8 @@ class LiveServer:
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ApiProject]:
     for name in [name for name in os.environ if name.startswith("FLOWRUNNER_")]:
-        monkeypatch.delenv(name)
+        if name != URL_VARIABLE:  # where the PostgreSQL tests find their server
+            monkeypatch.delenv(name)
     monkeypatch.setenv("FLOWRUNNER_POLL_SECONDS", "0.05")
     root = tmp_path / "project"
     for folder in ("flows", "personas"):
@@ -357,6 +367,32 @@ def start_server(
     for server in started:
         server.request_stop()
     stopping.extend(started)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_store_server(
+    request: pytest.FixtureRequest, project: ApiProject, start_server: Callable[..., LiveServer]
+) -> Iterator[LiveServer]:
+    """A server with bearer tokens (:data:`TOKENS`) on each store in turn: its SQLite file,
+    then a fresh PostgreSQL schema (skipped without a test server), dropped once the
+    server has stopped."""
+    if request.param == "sqlite":
+        yield start_server(tokens=TOKENS)
+        return
+    loop = asyncio.new_event_loop()
+    schema = fresh_schema()
+    try:
+        url = loop.run_until_complete(schema.__aenter__())
+        try:
+            server = LiveServer(project.project(), tokens=TOKENS, database_url=url).start()
+            try:
+                yield server
+            finally:
+                server.stop()
+        finally:
+            loop.run_until_complete(schema.__aexit__(None, None, None))
+    finally:
+        loop.close()
 
 
 @pytest.fixture
