@@ -35,6 +35,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from engine.core.decisions import GiveUp, after_lost_lease
 from engine.core.plan import RunStatus
+from engine.errors import InvalidInput
 from engine.store.base import (
     AgentCall,
     Capacity,
@@ -391,6 +392,8 @@ class PostgresStore(Store):
                 log.warning("PostgreSQL: %s: %s; retrying in %.2fs", what, _describe(exc), delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
+            except asyncpg.exceptions.DataError as exc:  # a value PostgreSQL cannot store
+                raise InvalidInput(f"a value the store cannot hold: {_describe(exc)}") from exc
             except asyncpg.PostgresError as exc:
                 raise StoreError(f"PostgreSQL store: {what}: {_describe(exc)}") from exc
 
