@@ -10,7 +10,7 @@ import json
 import secrets
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from engine.config import Project
@@ -196,6 +196,8 @@ async def retry(store: Store, run_id: str, now: float) -> RunRecord:
 class RunDetails:
     run: RunRecord
     steps: list[StepRecord]
+    gates: Mapping[str, ApprovalStep] = field(default_factory=dict)
+    """The run's approval gates as its snapshot declares them (not the current file)."""
 
     def as_json(self) -> dict[str, Any]:
         """A run as ``show --json`` prints it: its summary, then everything else."""
@@ -220,14 +222,38 @@ class RunDetails:
                     "scripted": step.scripted,
                     "started_at": step.started_at,
                     "finished_at": step.finished_at,
+                    "gate": gate_json(self.gates[step.id], step) if step.id in self.gates else None,
                 }
                 for step in self.steps
             ],
         }
 
 
+def gate_json(gate: ApprovalStep, step: StepRecord) -> dict[str, Any]:
+    """What deciding a gate takes: its rendered message (once reached), who may decide,
+    until when, and the form a decision fills in (``required`` marks a field without a
+    default)."""
+    return {
+        "message": step.input if step.status is not StepStatus.PENDING else None,
+        "approvers": gate.approvers,
+        "deadline": step.deadline,
+        "on_timeout": gate.on_timeout,
+        "on_reject": gate.on_reject,
+        "prevent_self_approval": gate.prevent_self_approval,
+        "form": {
+            name: {**spec.model_dump(mode="json", exclude_unset=True), "required": spec.required}
+            for name, spec in gate.form.items()
+        },
+    }
+
+
 async def details(store: Store, run_id: str) -> RunDetails:
-    return RunDetails(await store.get_run(run_id), await store.get_steps(run_id))
+    run, steps = await store.get_run(run_id), await store.get_steps(run_id)
+    gates: dict[str, ApprovalStep] = {}
+    if any(step.kind == "approval" for step in steps):  # only then is the snapshot read
+        compiled = await compiled_flow(store, run_id)
+        gates = {k: v for k, v in compiled.steps.items() if isinstance(v, ApprovalStep)}
+    return RunDetails(run, steps, gates)
 
 
 def summary(run: RunRecord) -> dict[str, Any]:
