@@ -272,3 +272,30 @@ def test_events_of_an_unknown_run_or_without_a_token(
     with httpx.Client(base_url=server.url, timeout=10) as anonymous:
         response = anonymous.get(f"/v1/runs/{run_id}/events", headers={"Accept": accept})
         assert_error(response, 401, "unauthorized")
+
+
+def test_a_steps_deltas_come_between_its_start_and_its_end(
+    project: ApiProject, client: httpx.Client
+) -> None:
+    """Deltas are live and events are stored: the stream puts each delta after its step's
+    step_started and before its step_completed (they came after it, and after the next
+    step had started, when the stream took one live frame per store read)."""
+    project.flow(
+        "talks",
+        "steps:\n"
+        + "".join(
+            f'  - {{id: t{n}, kind: agent, prompt: "Talk"{f", needs: [t{n - 1}]" if n else ""}}}\n'
+            for n in range(6)
+        ),
+    )
+    run_id = launch(client, "talks")
+    frames = follow(client, run_id)
+    where: dict[str, list[str]] = {}
+    for frame in frames:
+        step = frame.json.get("step_id") if frame.event != "end" else None
+        if step is not None:
+            where.setdefault(step, []).append(frame.event)
+    assert set(where) == {f"t{n}" for n in range(6)}
+    for step, seen in where.items():
+        assert seen[0] == "step_started" and seen[-1] == "step_completed", (step, seen)
+        assert set(seen[1:-1]) == {"delta"}, (step, seen)
