@@ -309,7 +309,7 @@ async def test_a_render_that_runs_too_long_fails_its_step_and_nothing_else(
 ) -> None:
     """A template that would loop for hours stops at the render timeout; a sibling
     step of the same worker completes, and the worker's loop keeps turning meanwhile."""
-    kit.env(render_timeout="0.5")
+    kit.env(render_timeout="1")
     checked = kit.checked(
         """
         version: 1
@@ -339,7 +339,7 @@ async def test_a_render_that_runs_too_long_fails_its_step_and_nothing_else(
     finally:
         watcher.cancel()
     found = steps_by_id(details)
-    assert found["slow"].error == "step 'slow' prompt: template rendering took longer than 0.5 s"
+    assert found["slow"].error == "step 'slow' prompt: template rendering took longer than 1 s"
     assert str(found["fine"].status) == "completed"
     assert time.monotonic() - started < 5
-    assert max(gaps) < 0.25, "the event loop was held up while the template rendered"
+    assert max(gaps) < 0.5, "the event loop was held up while the template rendered"
