@@ -42,6 +42,11 @@ class Api:
     looks: dict[Path, asyncio.Future[FileResult]] = field(default_factory=dict)
     """Looks at a flow's files that are queued and not yet started (see :meth:`look`)."""
 
+    def changed(self, run_id: str) -> None:
+        """A request changed ``run_id``: the worker looks for work, feeds and streams read it."""
+        self.on_change()
+        self.frames.changed(run_id)
+
     def snapshot(self, checked: CheckedFlow) -> Snapshot:
         """The snapshot a launch of ``checked`` (from :meth:`checked_flow`) stores. It is taken
         once per check: a new check (a flow, prompt or persona file changed) takes a new one."""

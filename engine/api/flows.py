@@ -132,7 +132,7 @@ async def launch(
         if stored_key is None or exc.details != {"idempotency_key": stored_key}:
             raise
         raise errors.InvalidInput(exc.message, {"idempotency_key": idempotency_key}) from None
-    context.on_change()
+    context.changed(run_id)
     return {"id": run_id, "created": created}
 
 

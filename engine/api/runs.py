@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from engine import errors
 from engine.api.context import Context, Identity, plain_json
 from engine.api.events import event_stream
+from engine.api.feed import feed_stream
 from engine.api.gates import Asked, decided_conflict
 from engine.core.plan import RunStatus
 from engine.runner import service
@@ -82,14 +83,16 @@ async def get_run(run_id: str, context: Context, who: Identity) -> dict[str, Any
 @router.post("/runs/{run_id}/cancel", tags=["runs"])
 async def cancel(run_id: str, context: Context, who: Identity) -> dict[str, Any]:
     """Cancel a running run: its running steps stop within a second."""
-    return service.summary(await service.cancel(context.store, run_id, time.time()))
+    run = await service.cancel(context.store, run_id, time.time())
+    context.changed(run_id)
+    return service.summary(run)
 
 
 @router.post("/runs/{run_id}/retry", tags=["runs"])
 async def retry(run_id: str, context: Context, who: Identity) -> dict[str, Any]:
     """Run a failed or cancelled run again in place; completed steps keep their outputs."""
     run = await service.retry(context.store, run_id, time.time())
-    context.on_change()
+    context.changed(run_id)
     return service.summary(run)
 
 
@@ -110,7 +113,7 @@ async def _decide(
     except errors.Conflict as exc:  # decided already: say how, and whether it was this one
         asked = Asked(approve, who, body.comment, body.payload)
         raise await decided_conflict(context.store, run_id, step_id, exc, asked) from None
-    context.on_change()
+    context.changed(run_id)
     return {"id": record.id, "status": str(record.status), "data": record.data}
 
 
@@ -128,6 +131,19 @@ async def reject(
 ) -> dict[str, Any]:
     """Reject a waiting gate as the token's identity; 409 when it is not waiting."""
     return await _decide(context, run_id, step_id, False, body, who)
+
+
+@router.get("/events", tags=["events"])
+async def feed(
+    context: Context,
+    who: Identity,
+    request: Request,
+    last_event_id: Annotated[str | None, Header(max_length=64)] = None,
+) -> Any:
+    """Server-Sent Events of every run's changes: a ``run`` frame (the run as listed, with
+    ``waiting``, the ids of its steps waiting for a decision) whenever one changes. Resume
+    with ``Last-Event-ID``; a ``reset`` frame means the changes missed are not known."""
+    return feed_stream(context.store, context.frames, last_event_id, request)
 
 
 @router.get("/runs/{run_id}/events", tags=["events"])
