@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from grandalf.graphs import Edge, Graph, Vertex
+from grandalf.graphs import Edge, Vertex, graph_core
 from grandalf.layouts import SugiyamaLayout
 
 WIDTH = 168
@@ -84,13 +84,12 @@ def layout(steps: Sequence[Spec]) -> Layout:
                 edge = Edge(vertices[need], vertices[step.id])
                 edge.view = _Route()
                 edges.append(edge)
-    graph = Graph(list(vertices.values()), edges)
     rounds = ROUNDS if len(steps) <= 200 else 1
     offset = 0.0
-    for part in graph.C:
+    for part in _parts(steps, vertices, edges):
         sugiyama = SugiyamaLayout(part)
         sugiyama.xspace, sugiyama.yspace = GAP, GAP
-        sugiyama.init_all()
+        sugiyama.init_all(inverted_edges=[])  # a flow is acyclic (lint checked it)
         sugiyama.draw(rounds)
         left = min(v.view.xy[0] for v in part.sV) - WIDTH / 2
         shift = offset - left
@@ -101,6 +100,29 @@ def layout(steps: Sequence[Spec]) -> Layout:
             edge.view.points = [(x + shift, y) for x, y in edge.view.points]
         offset = max(v.view.xy[0] for v in part.sV) + WIDTH / 2 + GAP
     return _placed(steps, vertices, edges)
+
+
+def _parts(
+    steps: Sequence[Spec], vertices: dict[str, Vertex], edges: list[Edge]
+) -> list[graph_core]:
+    """The connected parts of the graph, each as grandalf's ``graph_core``, in step order.
+    (grandalf's ``Graph`` finds them too, in time quadratic in the steps: 0.35 s of 1,000.)"""
+    parent = {step.id: step.id for step in steps}
+
+    def root(name: str) -> str:
+        while parent[name] != name:
+            parent[name] = parent[parent[name]]
+            name = parent[name]
+        return name
+
+    for edge in edges:
+        parent[root(edge.v[1].data)] = root(edge.v[0].data)
+    members: dict[str, tuple[list[Vertex], list[Edge]]] = {}
+    for step in steps:
+        members.setdefault(root(step.id), ([], []))[0].append(vertices[step.id])
+    for edge in edges:
+        members[root(edge.v[0].data)][1].append(edge)
+    return [graph_core(found, links) for found, links in members.values()]
 
 
 def _placed(steps: Sequence[Spec], vertices: dict[str, Vertex], edges: list[Edge]) -> Layout:
