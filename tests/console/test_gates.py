@@ -94,9 +94,11 @@ def added_lines(before: str, after: str) -> str:
     return "\n".join(line for line in after.splitlines() if line not in before.splitlines())
 
 
-def waiting_gate(console: Console, flow: str = "release") -> tuple[str, str]:
+def waiting_gate(
+    console: Console, flow: str = "release", name: str | None = None
+) -> tuple[str, str]:
     """A new run of ``flow`` (launched by lead) waiting at its gate: its name and id."""
-    name = marker("rel")
+    name = name or marker("rel")
     run_id = console.launch(flow, {"name": name})
     console.wait_step(run_id, "review", "waiting")
     return name, run_id
@@ -105,7 +107,10 @@ def waiting_gate(console: Console, flow: str = "release") -> tuple[str, str]:
 def test_an_approval_with_a_typed_payload_reaches_the_later_steps(
     visit: Callable[..., Visitor], console: Console, model: Model
 ) -> None:
-    name, run_id = waiting_gate(console)
+    name = marker("rel")
+    model.on(f"notes for {name}", "Faster launches, a web console, fewer retries.")
+    model.on(f"Announce {name}", f"Release {name} is out, in print.")
+    name, run_id = waiting_gate(console, name=name)
     alice = visit("alice")
     page = alice.goto("/inbox")
     page.locator(f"a[href$='/runs/{run_id}/steps/review']").first.click()
