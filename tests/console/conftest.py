@@ -48,7 +48,6 @@ from playwright.sync_api import (
     Dialog,
     Locator,
     Page,
-    Request,
     expect,
     sync_playwright,
 )
@@ -205,21 +204,18 @@ class Visitor:
     console: Console
     context: BrowserContext
     who: str | None
-    requests: list[tuple[str, str]] = field(default_factory=list)
-    """(method, URL) of every request any of its pages made."""
+    requests: list[str] = field(default_factory=list)
+    """The URL of every request any of its pages made."""
     dialogs: list[tuple[str, str]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     confirms: int = 0
     """``confirm()`` dialogs still to accept (:meth:`confirming`)."""
 
     def __post_init__(self) -> None:
-        self.context.on("request", self._request)
+        self.context.on("request", lambda request: self.requests.append(request.url))
         self.context.on("dialog", self._dialog)
         self.context.on("weberror", lambda error: self.errors.append(str(error.error)))
         self.page = self.context.new_page()
-
-    def _request(self, request: Request) -> None:
-        self.requests.append((request.method, request.url))
 
     def _dialog(self, dialog: Dialog) -> None:
         self.dialogs.append((dialog.type, dialog.message))
@@ -254,7 +250,7 @@ class Visitor:
         """Requests whose host is not the loopback address."""
         return [
             url
-            for _, url in self.requests
+            for url in self.requests
             if urlsplit(url).scheme not in HOSTLESS and urlsplit(url).hostname not in LOOPBACK
         ]
 
