@@ -93,6 +93,14 @@ class Settings(BaseSettings):
         description="serve: bytes a request's head (request line and headers) may take.",
     )
     max_headers: int = Field(default=100, ge=10, description="serve: headers one request may have.")
+    session_secret: str | None = Field(
+        default=None,
+        description="Key that signs the web console's session cookies (default: random per "
+        "serve process, so sessions end at a restart).",
+    )
+    session_hours: float = Field(
+        default=12, gt=0, le=24 * 30, description="How long a console sign-in lasts."
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -17,24 +17,15 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from engine import errors
+from engine import console, errors
 from engine.api import docs, flows, runs
-from engine.api.context import Api, error_body
-
-ERRORS: dict[type[errors.FlowrunnerError], tuple[int, str]] = {
-    errors.NotFound: (404, "not_found"),
-    errors.Conflict: (409, "conflict"),
-    errors.NotAllowed: (403, "not_allowed"),
-    errors.InvalidInput: (422, "invalid_input"),
-    errors.InvalidFlow: (422, "invalid_flow"),
-    errors.StoreError: (503, "store_unavailable"),
-    errors.ConfigError: (500, "configuration"),
-}
-"""Engine error type -> (HTTP status, error code): the one table the API maps through."""
+from engine.api.context import ERRORS as ERRORS
+from engine.api.context import Api, error_body, error_status
 
 HTTP_CODES = {
     400: "bad_request",  # a body the JSON parser gave up on (nested thousands deep)
     401: "unauthorized",
+    403: "not_allowed",  # a console session's unsafe request without its CSRF token
     404: "not_found",
     405: "method_not_allowed",
 }
@@ -50,9 +41,7 @@ def create_app(context: Api, *, max_body: int = 1024 * 1024) -> FastAPI:
 
     @app.exception_handler(errors.FlowrunnerError)
     async def engine_error(request: Request, exc: errors.FlowrunnerError) -> JSONResponse:
-        status, code = next(
-            (mapped for kind, mapped in ERRORS.items() if isinstance(exc, kind)), (500, "error")
-        )
+        status, code = error_status(exc)
         return JSONResponse(error_body(code, exc.message, exc.details), status_code=status)
 
     @app.exception_handler(RequestValidationError)
@@ -77,6 +66,7 @@ def create_app(context: Api, *, max_body: int = 1024 * 1024) -> FastAPI:
     app.include_router(docs.router)
     app.include_router(flows.router)
     app.include_router(runs.router)
+    console.install(app)
     app.add_middleware(BodyLimit, max_body=max_body)
     return app
 

@@ -13,7 +13,9 @@ from typing import Annotated, Any
 from fastapi import Depends, Header, Request
 from starlette.exceptions import HTTPException
 
+from engine import errors
 from engine.api.frames import Frames
+from engine.api.sessions import CSRF_HEADER, Sessions
 from engine.config import Project
 from engine.lint import CheckedFlow, FileResult, check_file
 from engine.model.documents import AgentStep
@@ -21,6 +23,27 @@ from engine.runner.snapshot import Snapshot
 from engine.store.base import Store
 
 ANONYMOUS = "anonymous"
+
+ERRORS: dict[type[errors.FlowrunnerError], tuple[int, str]] = {
+    errors.NotFound: (404, "not_found"),
+    errors.Conflict: (409, "conflict"),
+    errors.NotAllowed: (403, "not_allowed"),
+    errors.InvalidInput: (422, "invalid_input"),
+    errors.InvalidFlow: (422, "invalid_flow"),
+    errors.StoreError: (503, "store_unavailable"),
+    errors.ConfigError: (500, "configuration"),
+}
+"""Engine error type -> (HTTP status, error code): the one table the API (and the console's
+error pages) map through."""
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def error_status(exc: errors.FlowrunnerError) -> tuple[int, str]:
+    """The (HTTP status, error code) of an engine error."""
+    return next(
+        (mapped for kind, mapped in ERRORS.items() if isinstance(exc, kind)), (500, "error")
+    )
 
 
 @dataclass
@@ -41,6 +64,9 @@ class Api:
 
     looks: dict[Path, asyncio.Future[FileResult]] = field(default_factory=dict)
     """Looks at a flow's files that are queued and not yet started (see :meth:`look`)."""
+
+    sessions: Sessions = field(default_factory=Sessions)
+    """The web console's signed session cookies (a random key unless ``serve`` sets one)."""
 
     def changed(self, run_id: str) -> None:
         """A request changed ``run_id``: the worker looks for work, feeds and streams read it."""
@@ -123,11 +149,22 @@ async def api(request: Request) -> Api:
 
 
 async def identity(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
-    """The identity of the bearer token (``anonymous`` when the API has no tokens).
+    """The identity of the bearer token (``anonymous`` when the API has no tokens), or of the
+    web console's session cookie: then an unsafe method (POST, ...) must also send the
+    session's CSRF token as ``X-CSRF-Token`` (403 otherwise).
     Dependencies are coroutines: FastAPI runs a plain function in a thread pool."""
-    tokens: dict[str, str] | None = request.app.state.api.tokens
+    context: Api = request.app.state.api
+    tokens = context.tokens
     if not tokens:
         return ANONYMOUS
+    if authorization is None:
+        session = context.sessions.read(request)
+        if session is not None and session.who is not None and session.who in tokens.values():
+            if request.method not in SAFE_METHODS and not session.csrf_matches(
+                request.headers.get(CSRF_HEADER)
+            ):
+                raise HTTPException(403, "the session's X-CSRF-Token header is required")
+            return session.who
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or token not in tokens:
         raise HTTPException(401, "a valid bearer token is required", {"WWW-Authenticate": "Bearer"})

@@ -42,7 +42,7 @@ async def decided_conflict(
     if not steps or steps[0].kind != "approval":
         return conflict  # not a gate: nothing was decided
     step = steps[0]
-    decision = _decision(step)
+    decision = decision_of(step)
     details: dict[str, Any] = {"status": str(step.status), "decision": decision}
     if decision is None:
         return Conflict(conflict.message, details)
@@ -52,7 +52,8 @@ async def decided_conflict(
     return Conflict(f"{conflict.message}: {verdict} by {by}", details)
 
 
-def _decision(step: StepRecord) -> dict[str, Any] | None:
+def decision_of(step: StepRecord) -> dict[str, Any] | None:
+    """The decision a gate's step holds (its data once decided), or None."""
     data = step.data
     if not isinstance(data, dict) or not all(key in data for key in DECISION_KEYS):
         return None

@@ -34,7 +34,7 @@ class DecisionBody(BaseModel):
         return self
 
 
-def _cursor(value: str | None) -> tuple[float, str] | None:
+def parse_cursor(value: str | None) -> tuple[float, str] | None:
     if value is None:
         return None
     try:
@@ -44,7 +44,7 @@ def _cursor(value: str | None) -> tuple[float, str] | None:
         raise errors.InvalidInput("cursor: not a cursor from this API", {"cursor": value}) from exc
 
 
-def _next_cursor(created_at: float, run_id: str) -> str:
+def next_cursor(created_at: float, run_id: str) -> str:
     return base64.urlsafe_b64encode(f"{created_at!r}|{run_id}".encode()).decode()
 
 
@@ -65,12 +65,12 @@ async def list_runs(
         status=None if status is None else status.value,
         waiting=waiting,
         limit=limit,
-        before=_cursor(cursor),
+        before=parse_cursor(cursor),
     )
     last = runs[-1] if len(runs) == limit else None
     return {
         "runs": [service.summary(run) for run in runs],
-        "next_cursor": _next_cursor(last.created_at, last.id) if last else None,
+        "next_cursor": next_cursor(last.created_at, last.id) if last else None,
     }
 
 

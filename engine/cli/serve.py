@@ -19,6 +19,7 @@ from engine.api.app import create_app, dump_openapi
 from engine.api.context import Api
 from engine.api.frames import Frames
 from engine.api.heads import bounded_protocol
+from engine.api.sessions import Sessions
 from engine.cli.common import (
     app,
     exit_past_threads,
@@ -144,6 +145,9 @@ def serve(
             runner.subscribers.append(frames.publish)
         store.subscribe(frames.changed)  # runs other processes change
         context = Api(project, store, tokens, frames)
+        context.sessions = Sessions(
+            project.settings.session_secret, project.settings.session_hours * 3600
+        )
         if runner is not None:
             context.on_change = runner.wake.set
         api = create_app(context)

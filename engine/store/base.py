@@ -77,6 +77,9 @@ class RunRecord:
     finished_at: float | None
     snapshot_hash: str
     request_hash: str | None = None
+    last_event: int = field(default=0, compare=False)
+    """The id of the run's last event, as ``get_run`` reads it (0 where a query leaves it
+    out): a client that read the run follows its events from there."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,8 @@ from engine.store.base import AgentCall, Event, RunRecord, StepRecord
 class Row(Protocol):
     def __getitem__(self, key: str, /) -> Any: ...
 
+    def keys(self) -> Any: ...
+
 
 def as_json(value: Any) -> str:
     """JSON text as both stores keep it: compact, not ASCII-escaped."""
@@ -36,6 +38,7 @@ def run_record(row: Row) -> RunRecord:
         finished_at=row["finished_at"],
         snapshot_hash=row["snapshot_hash"],
         request_hash=row["request_hash"],
+        last_event=row["last_event"] if "last_event" in row.keys() else 0,  # noqa: SIM118
     )
 
 

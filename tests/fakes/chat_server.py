@@ -19,6 +19,16 @@ URL on its first stdout line, serves until SIGTERM or Ctrl-C)::
     python -m tests.fakes.chat_server --port 0 --replies replies.yaml
 
 where the replies file has the format of the scripted backend.
+
+A reply may also be an iterable of pieces instead of a string: each piece is
+one content chunk, sent as soon as the iterable yields it, so a generator can
+hold a stream half-way (on a ``threading.Event``, say) until the test has
+seen the first pieces arrive::
+
+    def reply(prompt):
+        yield "first words "
+        release.wait(30)
+        yield "the rest"
 """
 
 from __future__ import annotations
@@ -31,13 +41,13 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
-Reply = Callable[[str], str]
+Reply = Callable[[str], str | Iterable[str]]
 _WORDS = re.compile(r"\S+\s*|\s+")
 
 
@@ -217,7 +227,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _complete(self, chat: ChatServer, body: dict[str, Any]) -> None:
         try:
-            text = chat.reply(_prompt(body))
+            answer = chat.reply(_prompt(body))
+            pieces = chunks(answer) if isinstance(answer, str) else answer
+            if not body.get("stream") or chat.ignore_stream:
+                text = "".join(pieces)
         except Exception as exc:  # a reply function that fails is reported like a broken model
             self._error(500, f"reply failed: {exc}")
             return
@@ -229,12 +242,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200, {**head, "object": "chat.completion", "choices": [choice]})
             return
         try:
-            self._stream(chat, head, text)
+            self._stream(chat, head, pieces)
         except (BrokenPipeError, ConnectionResetError):
             chat.count_disconnect()
             self.close_connection = True
 
-    def _stream(self, chat: ChatServer, head: dict[str, Any], text: str) -> None:
+    def _stream(self, chat: ChatServer, head: dict[str, Any], pieces: Iterable[str]) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
@@ -247,7 +260,7 @@ class _Handler(BaseHTTPRequestHandler):
             return json.dumps({**head, "choices": [choice]})
 
         self._send_event(event({"role": "assistant", "content": ""}))
-        for piece in chunks(text):
+        for piece in pieces:
             if chat.chunk_delay:
                 time.sleep(chat.chunk_delay)
             self._send_event(event({"content": piece}))

@@ -23,7 +23,7 @@ SELECT id, request_hash FROM runs WHERE idempotency_key = :key;
 
 -- name: get_run
 SELECT id, flow, status, band, model, inputs, launched_by, replay_of, unsettled, report, error,
-       created_at, updated_at, finished_at, snapshot_hash, request_hash
+       created_at, updated_at, finished_at, snapshot_hash, request_hash, last_event
 FROM runs WHERE id = :id;
 
 -- name: get_snapshot
