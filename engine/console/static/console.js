@@ -1,7 +1,8 @@
 /* flowrunner console: confirmations and live updates. No framework, no build step.
  * Every page works without this script; it only adds:
  *  - a confirm() before posting a form with data-confirm;
- *  - [data-poll] lists (runs, inbox) re-fetched from the page's own URL every few seconds;
+ *  - [data-poll] lists (runs, inbox) re-fetched from the page's own URL when the feed of
+ *    run changes (/v1/events) says a run changed;
  *  - on a run's and a step's page, the run's event stream (/v1/runs/{id}/events):
  *    node statuses updated in batches, agent replies streamed, panels refreshed. */
 (function () {
@@ -38,19 +39,26 @@
     });
   }
 
+  /* Lists (runs, inbox): re-fetched when the feed of run changes (/v1/events) says a run
+   * changed, at most twice a second, and every data-poll ms anyway (a safety net). */
   function poll() {
     var first = document.querySelector("[data-poll]");
     if (!first) { return; }
-    var every = parseInt(first.getAttribute("data-poll"), 10) || 2000;
+    var every = parseInt(first.getAttribute("data-poll"), 10) || 15000;
     var busy = false;
-    window.setInterval(function () {
+    function refresh() {
       if (document.hidden || busy) { return; }
       busy = true;
       fetchPage(window.location.href)
         .then(function (html) { swap(html, "[data-poll]"); })
-        .catch(function () { /* the next round tries again */ })
+        .catch(function () { /* the next change or round tries again */ })
         .then(function () { busy = false; });
-    }, every);
+    }
+    var soon = throttled(refresh, 500);
+    var feed = new EventSource("/v1/events");
+    feed.addEventListener("run", soon);
+    feed.addEventListener("reset", soon);
+    window.setInterval(refresh, every);
   }
 
   /* Call fn at most once per `wait` ms, after the last call (trailing). */
