@@ -36,6 +36,18 @@ report: |
   {{ steps.img.output }}
 """
 
+ASKING = """
+description: A gate whose message, form values and comment come from people.
+inputs:
+  name: {type: string}
+steps:
+  - id: review
+    kind: approval
+    message: "Publish {{ inputs.name }}?"
+    form:
+      note: {type: string, default: none}
+"""
+
 REPLY = '<img src=x onerror=alert(5)> <a href="javascript:alert(6)">the link</a>'
 
 SCRIPTS = """() => [...document.scripts].map((s) => ({
@@ -124,6 +136,36 @@ def contained(page: Page, origin: str) -> None:
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 2 * 1280, f"the page is {width}px wide: the line is not contained"
     expect(page.get_by_role("button", name="Sign out")).to_be_in_viewport()
+
+
+def test_inputs_a_gate_message_form_values_and_a_comment_show_as_their_text(
+    visit: Callable[..., Visitor], console: Console
+) -> None:
+    console.flow("asking", ASKING)
+    name = "<img src=x onerror=alert(7)>"
+    run_id = console.launch("asking", {"name": name})
+    console.wait_step(run_id, "review", "waiting")
+    alice = visit("alice")
+    page = alice.goto("/inbox")
+    expect(page.locator(f"a[href$='/runs/{run_id}/steps/review']").first).to_be_visible()
+    inert(page, console.url)
+    page = alice.goto(f"/runs/{run_id}/steps/review")
+    expect(page.locator("body")).to_contain_text(f"Publish {name}?")
+    inert(page, console.url)
+    page.locator("[name=note]").fill("<script>alert(8)</script>")
+    page.locator("[name=comment]").fill("<b>no</b> <a href='javascript:alert(9)'>why</a>")
+    page.get_by_role("button", name="Approve", exact=True).click()
+    console.wait_run(run_id, "completed")
+    page = alice.goto(f"/runs/{run_id}/steps/review")
+    body = page.locator("body")
+    expect(body).to_contain_text("<b>no</b> <a href='javascript:alert(9)'>why</a>")
+    expect(body).to_contain_text("<script>alert(8)</script>")
+    inert(page, console.url)
+    assert page.locator("b:text-is('no')").count() == 0
+    page = alice.goto(f"/runs/{run_id}")
+    expect(page.locator("body")).to_contain_text(name)
+    inert(page, console.url)
+    assert alice.dialogs == []
 
 
 def test_the_content_security_policy_forbids_inline_script_and_other_origins(
