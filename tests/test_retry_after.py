@@ -133,35 +133,39 @@ async def test_without_a_usable_retry_after_the_attempt_fails_at_once(
     assert len(server.requests) == 1
 
 
-def test_a_run_waits_out_a_rate_limit_in_one_attempt(server: ChatServer, tmp_path: Path) -> None:
-    """Through the console script: a step without retries completes after a 429, its one
-    attempt waiting what the server asked; FLOWRUNNER_OPENAI_MAX_RETRY_AFTER reaches it."""
-    (tmp_path / "flows").mkdir()
-    (tmp_path / "flows" / "hello.yaml").write_text(
-        "version: 1\nname: hello\nsteps:\n  - {id: greet, kind: agent, prompt: hi}\n"
+def run_hello(
+    server: ChatServer, root: Path, step: str, **settings: str
+) -> subprocess.CompletedProcess[str]:
+    """``flowrunner run hello --json`` in ``root``, its one agent step ``step`` (YAML flow
+    mapping fields after ``id``), the openai backend on ``server``, and ``settings``."""
+    (root / "flows").mkdir(exist_ok=True)
+    (root / "flows" / "hello.yaml").write_text(
+        f"version: 1\nname: hello\nsteps:\n  - {{id: greet, kind: agent, {step}}}\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWRUNNER_")}
     env.update(FLOWRUNNER_AGENT_BACKEND="openai", FLOWRUNNER_OPENAI_BASE_URL=server.url)
+    env.update({f"FLOWRUNNER_{name.upper()}": value for name, value in settings.items()})
+    return subprocess.run(
+        [str(FLOWRUNNER), "run", "hello", "--json"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
-    def run() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [str(FLOWRUNNER), "run", "hello", "--json"],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
 
+def test_a_run_waits_out_a_rate_limit_in_one_attempt(server: ChatServer, tmp_path: Path) -> None:
+    """Through the console script: a step without retries completes after a 429, its one
+    attempt waiting what the server asked; FLOWRUNNER_OPENAI_MAX_RETRY_AFTER reaches it."""
     server.refusals = [(429, {"Retry-After": "1"})]
-    done = run()
+    done = run_hello(server, tmp_path, "prompt: hi")
     assert done.returncode == 0, done.stderr
     [step] = json.loads(done.stdout)["steps"]
     assert (step["status"], step["attempts"], step["output"]) == ("completed", 1, "alpha beta")
     assert server.arrivals[1] - server.arrivals[0] >= 1.0
-    env["FLOWRUNNER_OPENAI_MAX_RETRY_AFTER"] = "0"
     server.refusals = [(429, {"Retry-After": "1"})]
-    done = run()
+    done = run_hello(server, tmp_path, "prompt: hi", openai_max_retry_after="0")
     assert done.returncode == 1
     [step] = json.loads(done.stdout)["steps"]
     assert "not retried: a call waits 0s at most" in step["error"]
@@ -172,26 +176,13 @@ def test_a_step_retry_waits_at_least_what_the_model_asked(
 ) -> None:
     """Past the call's own cap the attempt fails, and the step's retry is not asked for
     before the server's Retry-After, however short the step's retry_delay."""
-    (tmp_path / "flows").mkdir()
-    (tmp_path / "flows" / "hello.yaml").write_text(
-        "version: 1\nname: hello\nsteps:\n"
-        "  - {id: greet, kind: agent, prompt: hi, retries: 1, retry_delay: 1s}\n"
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWRUNNER_")}
-    env.update(
-        FLOWRUNNER_AGENT_BACKEND="openai",
-        FLOWRUNNER_OPENAI_BASE_URL=server.url,
-        FLOWRUNNER_OPENAI_MAX_RETRY_AFTER="0",
-        FLOWRUNNER_POLL_SECONDS="0.05",
-    )
     server.refusals = [(503, {"Retry-After": "2.5"})]
-    done = subprocess.run(
-        [str(FLOWRUNNER), "run", "hello", "--json"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    done = run_hello(
+        server,
+        tmp_path,
+        "prompt: hi, retries: 1, retry_delay: 1s",
+        openai_max_retry_after="0",
+        poll_seconds="0.05",
     )
     assert done.returncode == 0, done.stderr
     [step] = json.loads(done.stdout)["steps"]

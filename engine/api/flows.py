@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engine import errors
 from engine.api.context import Api, Context, Identity, plain_json
+from engine.config import Project
 from engine.lint import CheckedFlow, check_file, check_text, flow_files
 from engine.lint.pipeline import LintReport
 from engine.runner import service
@@ -54,25 +56,37 @@ async def checked(context: Api, name: str) -> CheckedFlow:
     return result.checked
 
 
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """A flow of the project with its lint status (the API's list and the console's)."""
+
+    name: str
+    file: str
+    description: str | None
+    valid: bool
+    errors: int
+    warnings: int
+
+
+def listed_flows(project: Project) -> list[Listed]:
+    """Every flow in the project's ``flows/``, checked."""
+    found = []
+    for path in flow_files([project.flows_dir]):
+        result = check_file(path, project)
+        errors_count = sum(d.severity == "error" for d in result.diagnostics)
+        flow = result.checked.flow if result.checked else None
+        name, description = (flow.name, flow.description) if flow else (path.stem, None)
+        warnings = len(result.diagnostics) - errors_count
+        found.append(
+            Listed(name, path.name, description, result.checked is not None, errors_count, warnings)
+        )
+    return found
+
+
 @router.get("/flows", tags=["flows"])
 async def list_flows(context: Context, who: Identity) -> dict[str, Any]:
     """Every flow of the project with its lint status."""
-    found = []
-    for path in flow_files([context.project.flows_dir]):
-        result = check_file(path, context.project)
-        errors_count = sum(d.severity == "error" for d in result.diagnostics)
-        flow = result.checked.flow if result.checked else None
-        found.append(
-            {
-                "name": flow.name if flow else path.stem,
-                "file": path.name,
-                "description": flow.description if flow else None,
-                "valid": result.checked is not None,
-                "errors": errors_count,
-                "warnings": len(result.diagnostics) - errors_count,
-            }
-        )
-    return {"flows": found}
+    return {"flows": [asdict(listed) for listed in listed_flows(context.project)]}
 
 
 @router.get("/flows/{name}", tags=["flows"])

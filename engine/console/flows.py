@@ -12,25 +12,15 @@ from starlette.responses import Response
 
 from engine import errors
 from engine.api.context import Api
-from engine.api.flows import find
+from engine.api.flows import find, listed_flows
 from engine.console import forms
 from engine.console.graph import LAYOUTS, Spec
 from engine.console.pages import ConsoleRoute, Viewer, first, page, posted, redirect, signed_in
-from engine.lint import check_file, flow_files
 from engine.lint.pipeline import FileResult
 from engine.model.diagnostics import Diagnostic
 from engine.runner import service
 
 router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
-
-
-@dataclass(frozen=True, slots=True)
-class Listed:
-    name: str
-    file: str
-    description: str | None
-    errors: int
-    warnings: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,29 +31,11 @@ class Shown:
     line: str | None
 
 
-def _listed(context: Api) -> list[Listed]:
-    found = []
-    for path in flow_files([context.project.flows_dir]):
-        result = check_file(path, context.project)
-        errors_count = sum(d.severity == "error" for d in result.diagnostics)
-        flow = result.checked.flow if result.checked else None
-        found.append(
-            Listed(
-                flow.name if flow else path.stem,
-                path.name,
-                flow.description if flow else None,
-                errors_count,
-                len(result.diagnostics) - errors_count,
-            )
-        )
-    return found
-
-
 @router.get("/flows")
 async def flows_page(request: Request) -> Response:
     seen, _ = signed_in(request)
     context: Api = request.app.state.api
-    listed = await asyncio.to_thread(_listed, context)
+    listed = await asyncio.to_thread(listed_flows, context.project)
     return page(request, seen, "flows.html", flows=listed, title="Flows")
 
 
