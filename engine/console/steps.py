@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -113,6 +114,7 @@ async def _show(
         step=step,
         spec=spec,
         code=spec if isinstance(spec, CodeStep) else None,
+        arguments=json.loads(step.input) if step.kind == "code" and step.input else None,
         attempts=attempts(events),
         events=events,
         calls=calls,

@@ -11,7 +11,7 @@ import asyncio
 import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from engine import calls
@@ -198,7 +198,10 @@ class Executor:
             raise AttemptFailed(f"{type(exc).__name__}: {exc}") from exc
         except Exception as exc:  # the step's own code raised: its error, one line
             raise AttemptFailed(f"{type(exc).__name__}: {exc}") from exc
-        return Done(_code_result(value))
+        # The arguments as rendered are kept with the result (the step's input), as an
+        # agent step keeps the prompt it sent.
+        arguments = json.dumps(params, ensure_ascii=False, default=str)
+        return Done(replace(_code_result(value), input=arguments))
 
     def _resolve(self, call: str) -> Callable[..., Any]:
         """The function a call names, resolved once per worker (modules load once anyway)."""

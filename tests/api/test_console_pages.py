@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from tests.api.conftest import LiveServer, launch, wait_status, wait_step
+from tests.api.conftest import ApiProject, LiveServer, launch, wait_status, wait_step
 from tests.api.console_helpers import assert_safe_page, browser
 
 
@@ -130,3 +130,26 @@ def test_a_bad_launch_input_is_shown_beside_its_field(server: LiveServer) -> Non
     assert 'value="many"' in html  # what was typed is kept
     with server.client() as api:
         assert api.get("/v1/runs").json()["runs"] == []
+
+
+def test_a_code_step_page_shows_its_arguments_as_rendered(
+    project: ApiProject, server: LiveServer
+) -> None:
+    project.flow(
+        "wrapped",
+        """
+        inputs:
+          who: {type: string}
+        steps:
+          - id: nap
+            kind: code
+            call: "PKG.steps:pause"
+            with: {seconds: 0, label: "{{ inputs.who }} napped"}
+        """,
+    )
+    with server.client() as api, browser(server) as client:
+        run_id = launch(api, "wrapped", {"who": "Ada"})
+        wait_status(api, run_id, "completed")
+        html = client.get(f"/runs/{run_id}/steps/nap").text
+    assert "Arguments (as rendered for its last attempt)" in html
+    assert "Ada napped" in html and "inputs.who" not in html
