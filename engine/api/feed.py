@@ -23,7 +23,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.requests import Request
 
 from engine.api.frames import Frames
-from engine.core.plan import RunStatus, StepStatus
+from engine.core.plan import RunStatus
 from engine.errors import NotFound
 from engine.runner.service import summary
 from engine.store.base import Store
@@ -106,7 +106,5 @@ async def _frame(store: Store, run_id: str) -> dict[str, Any] | None:
         run = await store.get_run(run_id)
     except NotFound:
         return None
-    waiting: list[str] = []
-    if run.status is RunStatus.RUNNING:
-        waiting = [s.id for s in await store.get_steps(run_id) if s.status is StepStatus.WAITING]
+    waiting = await store.waiting_steps(run_id) if run.status is RunStatus.RUNNING else []
     return {**summary(run), "updated_at": run.updated_at, "waiting": waiting}

@@ -69,13 +69,14 @@ async def gates_for(context: Api, who: str | None) -> tuple[list[Waiting], bool]
     runs, more = await waiting_runs(context)
     found: list[Waiting] = []
     for run in runs:
+        waiting = await context.store.waiting_steps(run.id)  # not every step of the run
+        if not waiting:
+            continue
         steps = [
             step
-            for step in await context.store.get_steps(run.id)
+            for step in await context.store.get_steps(run.id, waiting)
             if step.kind == "approval" and step.status is StepStatus.WAITING
         ]
-        if not steps:
-            continue
         flow = await compiled(context, run)
         for step in steps:
             gate = flow.steps.get(step.id)

@@ -394,6 +394,10 @@ class Store(ABC):
     async def expired_gates(self, now: float) -> list[tuple[str, str]]: ...
 
     @abstractmethod
+    async def waiting_steps(self, run_id: str) -> list[str]:
+        """The run's steps waiting for a decision, in DAG order (without reading the rest)."""
+
+    @abstractmethod
     async def cancel_run(self, run_id: str, now: float) -> RunRecord: ...
 
     @abstractmethod

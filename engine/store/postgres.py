@@ -1061,6 +1061,9 @@ class PostgresStore(Store):
         rows = await self._fetch("expired_gates", now)
         return [(row["run_id"], row["step_id"]) for row in rows]
 
+    async def waiting_steps(self, run_id: str) -> list[str]:
+        return [row[0] for row in await self._fetch("waiting_steps", run_id)]
+
     async def cancel_run(self, run_id: str, now: float) -> RunRecord:
         async def body(tx: _Tx) -> None:
             status = await tx.conn.fetchval(Q["lock_run"], run_id)

@@ -679,6 +679,9 @@ class SqliteStore(Store):
         rows = await self._read("expired_gates", {"now": now})
         return [(row["run_id"], row["step_id"]) for row in rows]
 
+    async def waiting_steps(self, run_id: str) -> list[str]:
+        return [row[0] for row in await self._read("waiting_steps", {"run_id": run_id})]
+
     async def cancel_run(self, run_id: str, now: float) -> RunRecord:
         def body(db: Db) -> RunRecord:
             row = db.execute(Q["get_run"], {"id": run_id}).fetchone()

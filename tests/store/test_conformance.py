@@ -282,6 +282,8 @@ async def _gate(store: Store) -> None:
 async def test_a_gate_waits_and_one_decision_wins(store: Store) -> None:
     await _gate(store)
     assert (await store.get_steps("r1", ["d"]))[0].status is StepStatus.WAITING
+    assert await store.waiting_steps("r1") == ["d"]
+    assert await store.waiting_steps("nope") == []
     assert await store.expired_gates(10.0) == []
     assert await store.expired_gates(60.0) == [("r1", "d")]
     decision = Decision(True, "ann", "ship it", {"audience": "team"})
@@ -293,6 +295,7 @@ async def test_a_gate_waits_and_one_decision_wins(store: Store) -> None:
         await store.decide_gate("r1", "d", decision, True, 5.0)
     assert (await store.get_run("r1")).unsettled == 0
     assert await store.runs_to_finish() == ["r1"]
+    assert await store.waiting_steps("r1") == []
 
 
 async def test_concurrent_decisions_on_one_gate(store: Store, second_store: Store) -> None:

@@ -632,6 +632,9 @@ WHERE s.status = 'pending' AND s.waiting_on = 0 AND s.excluded AND r.status = 'r
 -- name: runs_to_finish
 SELECT id FROM runs WHERE status = 'running' AND unsettled = 0 ORDER BY created_at;
 
+-- name: waiting_steps
+SELECT step_id FROM steps WHERE status = 'waiting' AND run_id = $1 ORDER BY position;
+
 -- name: expired_gates
 SELECT run_id, step_id FROM steps WHERE status = 'waiting' AND deadline <= $1
 ORDER BY deadline;

@@ -219,6 +219,11 @@ WHERE run_id = :run_id AND step_id = :step_id;
 -- name: runs_to_finish
 SELECT id FROM runs WHERE status = 'running' AND unsettled = 0 ORDER BY created_at;
 
+-- name: waiting_steps
+-- Through the small index of waiting steps (steps_gates), not every step of the run.
+SELECT step_id FROM steps INDEXED BY steps_gates
+WHERE status = 'waiting' AND run_id = :run_id ORDER BY position;
+
 -- name: expired_gates
 SELECT run_id, step_id FROM steps WHERE status = 'waiting' AND deadline <= :now
 ORDER BY deadline;
