@@ -4,6 +4,7 @@ page's Content-Security-Policy before it is sent)."""
 
 from __future__ import annotations
 
+import os
 from urllib.parse import urlsplit
 
 import pytest
@@ -11,7 +12,7 @@ from playwright.sync_api import Request, sync_playwright
 
 from .conftest import LiveServer
 
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = os.environ.get("FLOWRUNNER_CHROMIUM", "/usr/bin/chromium")  # as tests/console
 ARGS = [
     "--headless",
     "--no-sandbox",
