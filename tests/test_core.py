@@ -31,6 +31,7 @@ from engine.core.decisions import (
     after_lost_lease,
     backoff,
     cancel_targets,
+    crash_counts,
     initial_steps,
     newly_ready,
     on_reached,
@@ -808,3 +809,12 @@ def test_repeated_need_is_rejected() -> None:
     assert plan["a"].dependents == ("b",)
     assert initial_steps(plan)[1] == InitialStep("b", PENDING, 1)
     assert newly_ready(plan, "a", {"b": 1}) == ["b"]
+
+
+def test_only_a_code_step_lost_alone_counts_a_crash() -> None:
+    """An agent step's work is I/O and a gate only waits: their worker was lost to
+    something else, so only in-process code, run alone, is suspected."""
+    assert crash_counts("code", ran_alone=True)
+    assert not crash_counts("code", ran_alone=False)
+    assert not crash_counts("agent", ran_alone=True)
+    assert not crash_counts("approval", ran_alone=True)

@@ -73,6 +73,15 @@ def after_failure(
     return GiveUp(f"{error} (after {attempts})" if step.max_attempts > 1 else error)
 
 
+def crash_counts(kind: str, ran_alone: bool) -> bool:
+    """Whether a lost lease counts as the step's own crash: only a code step's, lost while it
+    ran alone. A code step runs the flow's Python in the worker, which can take the worker
+    down; an agent step's work is I/O (an HTTP call, a subprocess) and a gate only waits, so
+    their worker was lost to something else, however often, and they run again uncounted
+    (each attempt still bounded by the step's timeout)."""
+    return kind == "code" and ran_alone
+
+
 def after_lost_lease(
     crashes: int, alone: bool, max_crashes: int = DEFAULT_MAX_CRASHES
 ) -> tuple[int, Retry | GiveUp]:

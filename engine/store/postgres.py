@@ -33,7 +33,7 @@ from typing import Any, TypeAlias, TypeVar
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from engine.core.decisions import GiveUp, after_lost_lease
+from engine.core.decisions import GiveUp, after_lost_lease, crash_counts
 from engine.core.plan import RunStatus
 from engine.errors import InvalidInput
 from engine.store.base import (
@@ -1326,7 +1326,8 @@ async def _take_over(
     ran_alone = row["alone_attempt"] == row["attempts"]
     lost = {"owner": row["lease_owner"], "attempt": row["attempts"], "alone": ran_alone}
     tx.event(run_id, step_id, "lease_expired", lost)
-    crashes, decision = after_lost_lease(row["crashes"], ran_alone, max_crashes)
+    counted = crash_counts(row["kind"], ran_alone)
+    crashes, decision = after_lost_lease(row["crashes"], counted, max_crashes)
     if isinstance(decision, GiveUp):
         await conn.execute(Q["count_crash"], run_id, step_id, crashes)
         fence = (run_id, step_id, row["lease_owner"], row["attempts"])

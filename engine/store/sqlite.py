@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from engine.core.decisions import GiveUp, after_lost_lease
+from engine.core.decisions import GiveUp, after_lost_lease, crash_counts
 from engine.core.plan import RunStatus, StepStatus
 from engine.store.base import (
     AgentCall,
@@ -800,7 +800,8 @@ def _take(
         ran_alone = row["alone_attempt"] == row["attempts"]
         lost_attempt = {"owner": row["lease_owner"], "attempt": row["attempts"], "alone": ran_alone}
         events.append((step_id, "lease_expired", lost_attempt))
-        crashes, decision = after_lost_lease(crashes, ran_alone, max_crashes)
+        counted = crash_counts(row["kind"], ran_alone)
+        crashes, decision = after_lost_lease(crashes, counted, max_crashes)
         if isinstance(decision, GiveUp):
             db.execute(
                 "UPDATE steps SET crashes = ? WHERE run_id = ? AND step_id = ?",
