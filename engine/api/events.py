@@ -1,11 +1,14 @@
 """Server-Sent Events of a run: every stored event in order, then live ones.
 
 Each stored event is sent with its id, so a client that reconnects with
-``Last-Event-ID`` resumes exactly after the last event it received. Token
-deltas of streaming agents run by this process are sent as ``delta`` frames
-without an id (they are not stored), always after their step's
-``step_started`` and before the event that ends its attempt. When the run has ended and every event
-has been sent, a final ``end`` frame closes the stream.
+``Last-Event-ID`` resumes exactly after the last event it received. The
+composed prompt of an agent call and its token deltas (from a worker in this
+process or in another, see :mod:`engine.api.live`) are sent as ``prompt`` and
+``delta`` frames without an id (they are not stored), always after their
+step's ``step_started`` and before the event that ends its attempt. A stream
+opened while a step's attempt runs starts, for that step, with its ``prompt``
+frame and one ``delta`` frame of the reply so far. When the run has ended and
+every event has been sent, a final ``end`` frame closes the stream.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 from sse_starlette.sse import EventSourceResponse
 from starlette.requests import Request
 
-from engine.api.frames import Frames
+from engine.api.frames import LIVE, Frames
 from engine.core.plan import RunStatus
 from engine.store.base import Event, Store
 
@@ -36,14 +39,20 @@ async def _frames(
     store: Store, frames: Frames, run_id: str, after: int, request: Request
 ) -> AsyncIterator[dict[str, Any]]:
     queue = frames.subscribe(run_id)
+    so_far = frames.so_far(run_id)  # at once: what comes next is in the queue
     try:
-        order = Deltas({s.id for s in await store.get_steps(run_id) if s.status == "running"})
+        steps = await store.get_steps(run_id)
+        order = Deltas({s.id for s in steps if s.status == "running"})
+        attempts = {s.id: s.attempts for s in steps}  # a frame of an earlier one is stale
+        order.take([f for f in so_far if f.get("attempt") in (None, attempts.get(f["step_id"]))])
         while True:
             events = await store.events(run_id, after=after)
             order.take(_drain(queue))  # every delta sent before those events were written
             for event in events:
                 for delta in order.before(event):
-                    yield {"event": "delta", "data": json.dumps(delta)}
+                    yield {"event": delta["event"], "data": json.dumps(delta)}
+                if event.step_id is not None and event.event in Deltas.ENDS:
+                    frames.ended(run_id, event.step_id, event.payload.get("attempt"))
                 after = event.id
                 yield {
                     "id": str(event.id),
@@ -51,7 +60,7 @@ async def _frames(
                     "data": json.dumps(event.as_json()),
                 }
             for delta in order.now():
-                yield {"event": "delta", "data": json.dumps(delta)}
+                yield {"event": delta["event"], "data": json.dumps(delta)}
             if (await store.get_run(run_id)).status is not RunStatus.RUNNING:
                 if not await store.events(run_id, after=after):
                     yield {"event": "end", "data": json.dumps({"run_id": run_id, "last": after})}
@@ -74,9 +83,9 @@ def _drain(queue: asyncio.Queue[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 class Deltas:
-    """Puts a step's token deltas where they belong among the stored events: after its
-    ``step_started`` and before the event that ends its attempt, whatever the order in
-    which the two reach the stream (deltas come live, events from the store)."""
+    """Puts a step's token deltas (and prompts) where they belong among the stored events:
+    after its ``step_started`` and before the event that ends its attempt, whatever the
+    order in which the two reach the stream (deltas come live, events from the store)."""
 
     ENDS = frozenset({"step_completed", "step_failed", "step_retrying", "step_cancelled"})
     LIMIT = 10_000
@@ -86,7 +95,7 @@ class Deltas:
         self.held: list[dict[str, Any]] = []
 
     def take(self, frames: list[dict[str, Any]]) -> None:
-        self.held += [frame for frame in frames if frame.get("event") == "delta"]
+        self.held += [frame for frame in frames if frame.get("event") in LIVE]
         del self.held[: -self.LIMIT]  # a step that never starts here cannot grow it for ever
 
     def before(self, event: Event) -> list[dict[str, Any]]:

@@ -157,7 +157,9 @@ async def events(
 ) -> Any:
     """Stored events after ``after`` as JSON, or Server-Sent Events when the client accepts
     ``text/event-stream``: every stored event, then live ones, resuming after
-    ``Last-Event-ID``, with token deltas as ``delta`` frames and a final ``end`` frame.
+    ``Last-Event-ID``, with an agent call's composed prompt as a ``prompt`` frame and its
+    token deltas as ``delta`` frames (a stream opened mid-call first gets the prompt and
+    the reply so far), and a final ``end`` frame.
     Both are event ids: integers from 0 to 2**63-1 (422 otherwise)."""
     await context.store.get_run(run_id)  # 404 for an unknown run
     if "text/event-stream" in request.headers.get("accept", ""):

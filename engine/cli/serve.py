@@ -19,6 +19,7 @@ from engine.api.app import create_app, dump_openapi
 from engine.api.context import Api
 from engine.api.frames import Frames
 from engine.api.heads import bounded_protocol
+from engine.api.live import Receiver
 from engine.api.sessions import Sessions
 from engine.cli.common import (
     app,
@@ -143,6 +144,8 @@ def serve(
         if worker:
             runner = Worker(store, project, agent_backend(project))
             runner.subscribers.append(frames.publish)
+        # frames of workers in other processes (this one's come directly)
+        store.listen_live(Receiver(frames.publish, runner.id if runner else None).payload)
         store.subscribe(frames.changed)  # runs other processes change
         context = Api(project, store, tokens, frames)
         context.sessions = Sessions(

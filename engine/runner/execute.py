@@ -119,6 +119,15 @@ class Executor:
                 {"run_id": claim.run_id, "step_id": step.id, "event": "delta", "text": text}
             )
 
+        self.publish(
+            {
+                "run_id": claim.run_id,
+                "step_id": step.id,
+                "event": "prompt",
+                "attempt": claim.attempt,
+                "text": full,
+            }
+        )
         request = AgentRequest(full, state.record.model, step.id, 0)
         try:
             reply = await backend.complete(request, on_delta=delta)

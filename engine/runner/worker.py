@@ -27,6 +27,7 @@ from engine.core.plan import SETTLED, RunStatus, StepStatus
 from engine.errors import Conflict, StoreError
 from engine.model.documents import ApprovalStep
 from engine.runner.execute import AttemptFailed, Done, Executor, Publish, Skip, StepFailed, Wait
+from engine.runner.live import Sender
 from engine.runner.render import Renderer, RenderError, StepView
 from engine.runner.snapshot import CompiledFlow, Snapshot
 from engine.runner.state import RunState
@@ -67,6 +68,8 @@ class Worker:
         self.clock = clock
         self.id = worker_id or new_worker_id()
         self.subscribers: list[Publish] = []
+        self.live = Sender(store, self.id)
+        """Sends the live frames to ``serve`` processes (its own ``serve`` skips them)."""
         self.threads = ThreadPoolExecutor(self.settings.max_code, thread_name_prefix="fr-code")
         self.executor = Executor(
             store,
@@ -97,9 +100,11 @@ class Worker:
         self.stopping = asyncio.Event()
 
     def publish(self, frame: dict[str, Any]) -> None:
-        """A live frame (token deltas): passed to subscribers, never stored."""
+        """A live frame (a prompt, token deltas, a change): passed to subscribers and to
+        other processes, never stored."""
         for subscriber in self.subscribers:
             subscriber(frame)
+        self.live.send(frame)
 
     async def run(
         self,
@@ -143,6 +148,7 @@ class Worker:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+            await self.live.close()
             self.threads.shutdown(wait=False, cancel_futures=True)
 
     def stop(self) -> None:
@@ -256,8 +262,10 @@ class Worker:
                     outcome = await self.executor.run(state, claim, self._backend_for(state), load)
             except TimeoutError:
                 raise AttemptFailed(f"timed out after {step.timeout:g}s") from None
+            await self.live.flush()  # the deltas reach serve before the step's end event
             wake, freed = await self._record(state, claim, outcome)
         except AttemptFailed as exc:
+            await self.live.flush()
             await self._failed(claim, exc.message, retryable=True, asked=exc.retry_after)
         except StepFailed as exc:
             await self._failed(claim, exc.message, retryable=False)

@@ -269,6 +269,19 @@ class Store(ABC):
         only when that made steps ready to claim; ``""`` when changes may have been missed).
         A store that cannot tell does nothing: callers poll."""
 
+    # Live frames (token deltas, prompts): passed between processes, never stored
+
+    live_bytes = 0
+    """The largest payload :meth:`send_live` takes (0: this store passes none)."""
+
+    async def send_live(self, payloads: list[str]) -> None:  # noqa: B027
+        """Hand payloads of live frames to whoever listens (see :meth:`listen_live`), at
+        once and at most once: nobody listening is no error. Raises StoreError when they
+        could not be sent."""
+
+    def listen_live(self, callback: Callable[[str], None]) -> None:  # noqa: B027
+        """Call ``callback(payload)`` with every payload another process sends."""
+
     # Runs
 
     @abstractmethod

@@ -71,6 +71,15 @@ WORK_CHANNEL = "flowrunner_work"
 """The NOTIFY channel of new work: a run has steps to claim that nobody took yet (workers
 listen to this one only: a change that made no work must not wake every worker)."""
 
+LIVE_CHANNEL = "flowrunner_live"
+"""The NOTIFY channel of live frames (token deltas, prompts) of workers, for ``serve``."""
+
+LIVE_BYTES = 7900
+"""The largest payload of a live NOTIFY: PostgreSQL refuses 8000 bytes and more."""
+
+LIVE_SECONDS = 1.0
+"""How long a live NOTIFY may wait for a pooled connection before it is dropped."""
+
 ANALYZE_STEPS = 500
 """A launch of this many steps refreshes the planner's statistics of the steps table at
 once: planned for the table as it was, the statements that settle a step would scan the
@@ -261,6 +270,7 @@ class PostgresStore(Store):
         self._subscribers: list[tuple[Callable[[str], None], bool]] = []
         self._listener: asyncio.Task[None] | None = None
         self._listening_to_changes = False
+        self._live: list[Callable[[str], None]] = []
         self._listening = asyncio.Event()
         self._pruned_at = 0.0
         self._changed: set[str] = set()
@@ -474,6 +484,34 @@ class PostgresStore(Store):
         self._listening_to_changes = changes
         self._listener = asyncio.create_task(self._listen(changes))
 
+    live_bytes = LIVE_BYTES
+
+    async def send_live(self, payloads: list[str]) -> None:
+        """One NOTIFY per payload, in one statement on a pooled connection (autocommit):
+        not retried, and dropped when no connection is free within :data:`LIVE_SECONDS`."""
+        pool = self._pool
+        if pool is None:
+            return
+        try:
+            async with pool.acquire(timeout=LIVE_SECONDS) as conn:
+                await conn.fetchval(Q["notify_live"], LIVE_CHANNEL, payloads)
+        except (*TRANSIENT, asyncpg.PostgresError, TimeoutError) as exc:
+            raise StoreError(f"PostgreSQL: live frames not sent: {_describe(exc)}") from exc
+
+    def listen_live(self, callback: Callable[[str], None]) -> None:
+        """Listen to :data:`LIVE_CHANNEL` too, on the connection that listens for changes."""
+        self._live.append(callback)
+        if self._listener is not None:  # listen again, with the live channel (start-up)
+            self._listener.cancel()
+        self._listener = asyncio.create_task(self._listen(self._listening_to_changes))
+
+    def _on_live(self, payload: str) -> None:
+        for callback in self._live:
+            try:
+                callback(payload)
+            except Exception:  # one bad payload must not stop the others
+                log.exception("a live payload could not be passed on")
+
     def _announce(self, run_ids: Iterable[str], work: bool = False) -> None:
         """Tell every process (NOTIFY) that these runs changed (and, with ``work``, have
         steps to claim), soon and batched: a NOTIFY in the write itself would serialize
@@ -524,6 +562,8 @@ class PostgresStore(Store):
                 if changes:
                     await conn.add_listener(CHANNEL, lambda *args: self._notify(args[3], False))
                 await conn.add_listener(WORK_CHANNEL, lambda *args: self._notify(args[3], True))
+                if self._live:
+                    await conn.add_listener(LIVE_CHANNEL, lambda *args: self._on_live(args[3]))
                 self._listening.set()
                 self._notify("")
                 delay = 0.1

@@ -43,6 +43,7 @@ from engine.store.base import (
     Store,
     StoreError,
 )
+from engine.store.datagrams import DATAGRAM_BYTES, Datagrams
 from engine.store.queries import load_migrations, load_queries
 from engine.store.rows import agent_call, as_json, event_record, run_record, step_record
 
@@ -252,6 +253,7 @@ class SqliteStore(Store):
         self._writes: list[Write] = []
         self._writes_lock = threading.Lock()
         self._checkpoint_due = 0.0
+        self._live = Datagrams(path)
 
     async def _call(self, body: Callable[[Db], T], *, write: bool = True) -> T:
         """Run ``body`` on the store's thread; when it writes, in a transaction.
@@ -364,10 +366,22 @@ class SqliteStore(Store):
         await self._call(self._migrate)
 
     async def close(self) -> None:
+        self._live.close()
         if self._db is not None:
             db, self._db = self._db, None
             await asyncio.get_running_loop().run_in_executor(self._thread, db.close)
         self._thread.shutdown(wait=False)
+
+    live_bytes = DATAGRAM_BYTES
+
+    async def send_live(self, payloads: list[str]) -> None:
+        try:
+            self._live.send(payloads)
+        except OSError as exc:
+            raise StoreError(f"cannot send live frames to {self._live.path}: {exc}") from exc
+
+    def listen_live(self, callback: Callable[[str], None]) -> None:
+        self._live.listen(callback)
 
     @staticmethod
     def _migrate(db: Db) -> None:

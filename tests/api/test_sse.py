@@ -115,7 +115,8 @@ def test_sse_streams_stored_then_live_events_and_deltas_then_an_end_frame(
     assert {(d.json["run_id"], d.json["step_id"]) for d in deltas} == {(run_id, "talk")}
     assert "".join(d.json["text"] for d in deltas) == "done"
     assert "delta" not in {e["event"] for e in events}
-    assert set(frame.event for frame in frames) <= {e["event"] for e in events} | {"delta", "end"}
+    live = {"prompt", "delta", "end"}  # frames without an id
+    assert set(frame.event for frame in frames) <= {e["event"] for e in events} | live
 
 
 def test_a_dropped_client_resumes_with_last_event_id_and_sees_every_event_once(
@@ -197,7 +198,7 @@ def test_a_gate_keeps_the_stream_open_until_a_decision_ends_the_run(
                     )
                     assert approval.status_code == 200, approval.text
     assert seen[-1] == "end"
-    stored_names = [name for name in seen if name not in ("delta", "end")]
+    stored_names = [name for name in seen if name not in ("prompt", "delta", "end")]
     assert stored_names == [e["event"] for e in stored_events(client, run_id)]
     assert stored_names.count("gate_decided") == 1
     assert stored_names[-1] == "run_completed"
@@ -298,4 +299,4 @@ def test_a_steps_deltas_come_between_its_start_and_its_end(
     assert set(where) == {f"t{n}" for n in range(6)}
     for step, seen in where.items():
         assert seen[0] == "step_started" and seen[-1] == "step_completed", (step, seen)
-        assert set(seen[1:-1]) == {"delta"}, (step, seen)
+        assert seen[1] == "prompt" and set(seen[2:-1]) == {"delta"}, (step, seen)

@@ -138,7 +138,7 @@ async def test_a_stream_on_one_api_sees_a_run_launched_through_the_other(
                 async for line in got.aiter_lines():
                     if line.startswith("event:"):
                         event = line.partition(":")[2].strip()
-                    elif line.startswith("data:") and event not in (None, "delta"):
+                    elif line.startswith("data:") and event not in (None, "prompt", "delta"):
                         frames.append({"event": event, **json.loads(line.partition(":")[2])})
                         if event == "end":
                             return

@@ -4,10 +4,13 @@ graph's nodes change status and an agent's reply streams into its step's page.""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 
 import pytest
 from playwright.sync_api import expect
+
+from tests.e2e.conftest import wait_for
 
 from .conftest import RUN_PAGE, Console, Model, Visitor, expect_status, marker, node
 
@@ -84,4 +87,29 @@ def test_the_graph_and_a_streamed_reply_change_live_while_steps_run(
     expect_status(page, "write", "running")
     write.set()
     expect_status(page, "write", "completed")
+    console.wait_run(run_id, "completed")
+
+
+def test_a_step_page_opened_mid_attempt_shows_the_prompt_and_the_reply_so_far(
+    visit: Callable[..., Visitor], console: Console, model: Model
+) -> None:
+    """The prompt is stored when the attempt ends; until then it comes live, as text."""
+    topic = marker("topic")
+    hostile = f"{topic} <img src=x onerror=alert(7)>"
+    outline = model.hold(f"about {topic}", "They lived happily.")
+    run_id = console.launch("story", {"topic": hostile})
+    console.wait_step(run_id, "outline", "running")
+    wait_for(lambda: any(topic in p for p in model.server.prompts), 20, "the model's call")
+    time.sleep(0.3)  # a few pieces streamed before the page opens
+    alice = visit("alice")
+    step = alice.goto(f"/runs/{run_id}/steps/outline")
+    prompt = step.locator("#prompt")
+    expect(prompt).to_be_visible()
+    expect(prompt).to_have_text(f"Outline a story about {hostile}")
+    expect(step.locator("#prompt-none")).to_be_hidden()
+    expect(step.locator("#reply")).to_contain_text(re.compile(r"^piece-1 piece-2 "))
+    assert step.locator("#prompt img").count() == 0
+    assert console.step(run_id, "outline")["status"] == "running"
+    outline.set()
+    expect(step.locator("body")).to_contain_text("They lived happily.")
     console.wait_run(run_id, "completed")

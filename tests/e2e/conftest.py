@@ -240,13 +240,15 @@ class E2EProject:
         self.processes.append(process)
         return process
 
-    def serve(self, **env: str) -> tuple[subprocess.Popen[bytes], str]:
-        """Start ``flowrunner serve`` (with its worker) on a free loopback port; the
-        process and its base URL once ``/healthz`` answers."""
+    def serve(self, *extra: str, **env: str) -> tuple[subprocess.Popen[bytes], str]:
+        """Start ``flowrunner serve`` (with its worker, unless ``extra`` says
+        ``--no-worker``) on a free loopback port; the process and its base URL once
+        ``/healthz`` answers."""
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
         args = [str(FLOWRUNNER), "--project", str(self.root), "serve", "--port", str(port)]
+        args += extra
         log = (self.logs / f"worker-serve-{port}.log").open("wb")
         with log:
             process = subprocess.Popen(

@@ -999,7 +999,14 @@ async def test_openai_backend_end_to_end_streams_deltas_to_subscribers(
     review_frames = [f for f in deltas if f["step_id"] == "review"]
     assert len(review_frames) > 1, "the reply did not arrive in several deltas"
     assert "".join(f["text"] for f in review_frames) == found["review"].output
-    assert {(f["run_id"], f["event"]) for f in frames} == {(run_id, "delta"), (run_id, "changed")}
+    live = {(run_id, "prompt"), (run_id, "delta"), (run_id, "changed")}
+    assert {(f["run_id"], f["event"]) for f in frames} == live
+    prompts = [f for f in frames if f["event"] == "prompt"]
+    assert {(f["step_id"], f["attempt"], f["text"]) for f in prompts} == {
+        ("review", 1, EXPECTED_REVIEW),
+        ("bare", 1, f"Plain.{SEPARATOR}Say fine"),
+    }
+    assert frames.index(prompts[0]) < frames.index(review_frames[0])  # before the first delta
 
 
 async def test_openai_backend_http_error_fails_the_attempt(

@@ -79,6 +79,9 @@
     source.addEventListener("delta", function (message) {
       if (handlers.delta) { handlers.delta(JSON.parse(message.data)); }
     });
+    source.addEventListener("prompt", function (message) {
+      if (handlers.prompt) { handlers.prompt(JSON.parse(message.data)); }
+    });
     source.addEventListener("end", function () {
       source.close();
       if (handlers.end) { handlers.end(); }
@@ -137,6 +140,8 @@
   function stepPage(root) {
     var stepId = root.dataset.step;
     var reply = document.getElementById("reply");
+    var prompt = document.getElementById("prompt");
+    var promptNone = document.getElementById("prompt-none");
     var buffered = "";
     var gate = root.querySelector("form[data-gate]");
     var reload = throttled(function () {
@@ -160,6 +165,12 @@
     follow(root.dataset.run, root.dataset.after, {
       event: function (event) {
         if (event.step_id === stepId || event.event === "run_retried") { reload(); }
+      },
+      prompt: function (frame) {
+        if (!prompt || frame.step_id !== stepId) { return; }
+        prompt.textContent = frame.text;  /* the composed prompt of the attempt running */
+        prompt.hidden = false;
+        if (promptNone) { promptNone.hidden = true; }
       },
       delta: function (frame) {
         if (!reply || frame.step_id !== stepId) { return; }

@@ -115,6 +115,9 @@ SELECT pg_advisory_xact_lock($9);
 SELECT count(pg_notify(channel, run_id))
 FROM unnest($1::text[], $2::text[]) AS changed(channel, run_id);
 
+-- name: notify_live
+SELECT count(pg_notify($1, payload)) FROM unnest($2::text[]) AS live(payload);
+
 -- name: receipt_lock
 -- Wait until the write that holds this receipt's lock has ended (committed or not),
 -- so that the receipt read next is the final word.
