@@ -28,6 +28,7 @@ HTTP_CODES = {
     403: "not_allowed",  # a console session's unsafe request without its CSRF token
     404: "not_found",
     405: "method_not_allowed",
+    406: "not_acceptable",  # GET /v1/events without Accept: text/event-stream
 }
 
 

@@ -44,6 +44,7 @@ ERRORS = {
     "401": "Missing or unknown bearer token.",
     "404": "Unknown flow, run, step or route.",
     "409": "Not allowed in the current state (a decided gate, a finished run).",
+    "406": "The route streams (Server-Sent Events) and the request did not accept it.",
     "413": "Body too large.",
     "422": "Malformed request, values not matching the flow, or a flow that does not lint.",
     "431": "Request headers too large.",

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.exceptions import HTTPException
 
 from engine import errors
 from engine.api.context import Context, Identity, plain_json
@@ -142,7 +143,10 @@ async def feed(
 ) -> Any:
     """Server-Sent Events of every run's changes: a ``run`` frame (the run as listed, with
     ``waiting``, the ids of its steps waiting for a decision) whenever one changes. Resume
-    with ``Last-Event-ID``; a ``reset`` frame means the changes missed are not known."""
+    with ``Last-Event-ID``; a ``reset`` frame means the changes missed are not known. The
+    feed never ends, so only a client that accepts ``text/event-stream`` gets it (406)."""
+    if "text/event-stream" not in request.headers.get("accept", ""):
+        raise HTTPException(406, "GET /v1/events is a text/event-stream: send that Accept")
     return feed_stream(context.store, context.frames, last_event_id, request)
 
 

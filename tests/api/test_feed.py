@@ -120,3 +120,11 @@ def test_a_change_made_by_another_process_is_seen(project: ApiProject, server: L
         )
         assert done.returncode == 0, done.stderr
         until(run_frame(run_id, status="cancelled"), 10)
+
+
+def test_the_feed_is_only_sent_to_a_client_that_accepts_a_stream(server: LiveServer) -> None:
+    """The feed never ends: a plain GET (a script, a generated request) gets a 406 at once."""
+    with server.client("tok-alice") as client:
+        response = client.get("/v1/events")
+    assert response.status_code == 406, response.text
+    assert response.json()["error"]["code"] == "not_acceptable"
