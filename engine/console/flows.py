@@ -126,5 +126,5 @@ async def launch(name: str, request: Request) -> Response:
         specs = result.checked.flow.inputs
         found = {k: str(v) for k, v in details.items() if k in specs} or {"launch": exc.message}
         return await _show(request, seen, name, 422, form, found)
-    context.on_change()
+    context.changed(run_id)
     return redirect(f"/runs/{run_id}")

@@ -98,6 +98,7 @@ async def cancel(run_id: str, request: Request) -> Response:
     await posted(request, seen.session)
     context: Api = request.app.state.api
     await service.cancel(context.store, run_id, time.time())
+    context.changed(run_id)
     return redirect(f"/runs/{run_id}")
 
 
@@ -107,5 +108,5 @@ async def retry(run_id: str, request: Request) -> Response:
     await posted(request, seen.session)
     context: Api = request.app.state.api
     await service.retry(context.store, run_id, time.time())
-    context.on_change()
+    context.changed(run_id)
     return redirect(f"/runs/{run_id}")

@@ -187,5 +187,5 @@ async def decide(run_id: str, step_id: str, request: Request) -> Response:
         return await _show(request, seen, run_id, step_id, 409, form, None, notice)
     except errors.NotAllowed as exc:
         return await _show(request, seen, run_id, step_id, 403, form, None, exc.message)
-    context.on_change()
+    context.changed(run_id)
     return redirect(f"/runs/{run_id}/steps/{step_id}")
